@@ -1,0 +1,39 @@
+"""inferfleet: asynchronous batched ONNX inference behind a Celery + Redis queue."""
+
+# Producing and reading jobs
+# Errors
+from inferfleet.errors import (
+    BadArgumentError,
+    ConfigurationError,
+    ErrorCode,
+    InferfleetError,
+    InvalidInputError,
+    ResultTimeoutError,
+    UnknownModelError,
+)
+from inferfleet.producer import AsyncClient, Client, Job
+
+# Results
+from inferfleet.schemas import ErrorInfo, JobResult, JobStatus, SampleResult, SampleStatus
+
+# Configuration
+from inferfleet.settings import Settings
+
+__all__ = [
+    "AsyncClient",
+    "BadArgumentError",
+    "Client",
+    "ConfigurationError",
+    "ErrorCode",
+    "ErrorInfo",
+    "InferfleetError",
+    "InvalidInputError",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "ResultTimeoutError",
+    "SampleResult",
+    "SampleStatus",
+    "Settings",
+    "UnknownModelError",
+]

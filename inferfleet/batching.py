@@ -1,0 +1,267 @@
+"""The micro-batcher: coalesce the rows of many jobs into one model call, split it back.
+
+Pure: no Celery, Redis or ONNX Runtime. Callers `submit(key, inputs)` from any thread and
+get a `Future[BatchOutcome]`. One thread per key runs batches, so keys (model, version,
+per-sample shapes) never mix. A batch starts at once when nothing else is on its way. It
+waits, up to `max_wait_ms` after its first request, only while there is evidence of more:
+callers have announced jobs they are still decoding (`arriving()`), or the optional
+`backlog(key)` hint (say, messages still queued for that model) is positive. It never
+grows past `max_batch_rows` (a single larger request is run in slices). If the batch function raises, the batch is bisected until each failing row is
+isolated, so one bad row never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferfleet.errors import BatchContractError
+
+logger = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+Column = Array | list[Any]
+BatchFunction = Callable[[Hashable, Mapping[str, Array]], Mapping[str, Column]]
+BacklogHint = Callable[[Hashable], int]
+#: How often a waiting batch asks the backlog hint again (it cannot notify).
+BACKLOG_POLL_S = 0.001
+
+
+@dataclass
+class BatchOutcome:
+    """A request's share of its batch: outputs for each of its rows, and which rows failed.
+
+    Rows in `failed_rows` hold zeros (arrays) or None (lists) in `outputs`.
+    """
+
+    outputs: dict[str, Column]
+    failed_rows: dict[int, str]
+    batch_id: str
+    batch_rows: int
+    wait_ms: float
+    run_ms: float
+
+
+@dataclass
+class _Request:
+    inputs: Mapping[str, Array]
+    rows: int
+    future: Future[BatchOutcome]
+    enqueued_at: float
+
+
+@dataclass
+class _Segment:
+    start: int
+    stop: int
+    outputs: Mapping[str, Column] | None
+    error: str | None = None
+
+
+@dataclass
+class _Lane:
+    """The queue and runner thread of one key."""
+
+    pending: deque[_Request] = field(default_factory=deque)
+    thread: threading.Thread | None = None
+
+
+class MicroBatcher:
+    """Coalesces requests per key into calls of `run_batch(key, inputs)`."""
+
+    def __init__(self, run_batch: BatchFunction, *, max_batch_rows: int, max_wait_ms: float,
+                 backlog: BacklogHint | None = None, name: str = "batcher") -> None:
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows!r}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
+        self._run_batch = run_batch
+        self._backlog = backlog
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_ms / 1000
+        self._name = name
+        self._cond = threading.Condition()
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._arriving = 0
+        self._closed = False
+        self._batch_numbers = itertools.count(1)
+        #: Calls made of `run_batch`, bisection retries included.
+        self.calls = 0
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a job that will `submit` soon, so open batches may wait for it."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
+
+    def submit(self, key: Hashable, inputs: Mapping[str, Array]) -> Future[BatchOutcome]:
+        """Queue `inputs` (every array's first axis: the same rows) for a batch under `key`.
+
+        Raises:
+            RuntimeError: if the batcher is closed.
+            ValueError: if the inputs are empty or disagree on their number of rows.
+        """
+        rows = {len(array) for array in inputs.values()}
+        if len(rows) != 1:
+            raise ValueError(f"inputs must share their number of rows, got {sorted(rows)}")
+        future: Future[BatchOutcome] = Future()
+        request = _Request(inputs, rows.pop(), future, time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is closed")
+            lane = self._lanes.setdefault(key, _Lane())
+            lane.pending.append(request)
+            if lane.thread is None:
+                lane.thread = threading.Thread(target=self._serve, args=(key, lane),
+                                               name=f"{self._name}-{key}", daemon=True)
+                lane.thread.start()
+            self._cond.notify_all()
+        return future
+
+    def close(self) -> None:
+        """Stop the runner threads once their queues are empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            threads = [lane.thread for lane in self._lanes.values() if lane.thread]
+        for thread in threads:
+            thread.join()
+
+    def _serve(self, key: Hashable, lane: _Lane) -> None:
+        while True:
+            batch = self._next_batch(key, lane)
+            if batch is None:
+                return
+            self._run(key, batch)
+
+    def _next_batch(self, key: Hashable, lane: _Lane) -> list[_Request] | None:
+        with self._cond:
+            while not lane.pending:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = lane.pending[0].enqueued_at + self.max_wait_s
+        while True:
+            backlog = self._backlog(key) if self._backlog and not self._arriving else 0
+            with self._cond:
+                remaining = deadline - time.monotonic()
+                if (not (self._arriving or backlog) or remaining <= 0
+                        or _rows(lane.pending) >= self.max_batch_rows):
+                    return self._take(lane)
+                # Announced jobs notify on arrival; a backlog hint must be asked again.
+                self._cond.wait(remaining if self._arriving else min(remaining,
+                                                                     BACKLOG_POLL_S))
+
+    def _take(self, lane: _Lane) -> list[_Request]:
+        batch = [lane.pending.popleft()]
+        while lane.pending and batch_rows(batch) + lane.pending[0].rows <= self.max_batch_rows:
+            batch.append(lane.pending.popleft())
+        return batch
+
+    def _run(self, key: Hashable, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        batch_id = f"{self._name}-{next(self._batch_numbers)}"
+        try:
+            inputs = _concatenate([request.inputs for request in batch])
+            total = batch_rows(batch)
+            segments = [segment
+                        for start in range(0, total, self.max_batch_rows)
+                        for segment in self._isolate(key, inputs, start,
+                                                     min(total, start + self.max_batch_rows))]
+            outputs = _assemble(segments, total)
+        except BaseException as exc:  # every waiter must hear of it, whatever it was
+            logger.exception("batch %s failed as a whole", batch_id)
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        run_ms = (time.monotonic() - started) * 1000
+        failed = {row: s.error or "" for s in segments if s.outputs is None
+                  for row in range(s.start, s.stop)}
+        offset = 0
+        for request in batch:
+            stop = offset + request.rows
+            request.future.set_result(BatchOutcome(
+                outputs={name: column[offset:stop] for name, column in outputs.items()},
+                failed_rows={row - offset: msg for row, msg in failed.items()
+                             if offset <= row < stop},
+                batch_id=batch_id, batch_rows=total,
+                wait_ms=(started - request.enqueued_at) * 1000, run_ms=run_ms,
+            ))
+            offset = stop
+
+    def _isolate(self, key: Hashable, inputs: Mapping[str, Array], start: int,
+                 stop: int) -> list[_Segment]:
+        """Run rows [start, stop); on failure bisect until failing rows stand alone."""
+        with self._cond:
+            self.calls += 1
+        try:
+            outputs = self._run_batch(key, {n: a[start:stop] for n, a in inputs.items()})
+            _check_rows(outputs, stop - start)
+            return [_Segment(start, stop, outputs)]
+        except BatchContractError:
+            raise
+        except Exception as exc:
+            if stop - start == 1:
+                return [_Segment(start, stop, None, f"{type(exc).__name__}: {exc}")]
+            middle = (start + stop) // 2
+            return self._isolate(key, inputs, start, middle) + \
+                self._isolate(key, inputs, middle, stop)
+
+
+def batch_rows(requests: list[_Request]) -> int:
+    """Total rows of the requests."""
+    return sum(request.rows for request in requests)
+
+
+def _rows(pending: deque[_Request]) -> int:
+    return sum(request.rows for request in pending)
+
+
+def _concatenate(inputs: list[Mapping[str, Array]]) -> dict[str, Array]:
+    if len(inputs) == 1:
+        return dict(inputs[0])
+    return {name: np.concatenate([one[name] for one in inputs]) for name in inputs[0]}
+
+
+def _check_rows(outputs: Mapping[str, Column], rows: int) -> None:
+    for name, column in outputs.items():
+        if len(column) != rows:
+            raise BatchContractError(
+                f"batch function returned {len(column)} rows of output {name!r} for "
+                f"{rows} input rows")
+
+
+def _assemble(segments: list[_Segment], total: int) -> dict[str, Column]:
+    """One column per output over all rows; rows of failed segments are zero or None."""
+    done = [s for s in segments if s.outputs is not None]
+    if len(segments) == 1 and done:
+        return dict(done[0].outputs or {})
+    if not done:
+        return {}
+    columns: dict[str, Column] = {}
+    for name, template in (done[0].outputs or {}).items():
+        if isinstance(template, np.ndarray):
+            column: Column = np.zeros((total, *template.shape[1:]), dtype=template.dtype)
+        else:
+            column = [None] * total
+        for segment in done:
+            column[segment.start:segment.stop] = (segment.outputs or {})[name]
+        columns[name] = column
+    return columns

@@ -1,0 +1,44 @@
+"""The one place that builds the Celery app, for producers and workers alike."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from inferfleet import keys
+from inferfleet.settings import Settings
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app on `settings.redis_url` (broker and result backend), JSON only."""
+    app = Celery("inferfleet", broker=settings.redis_url, backend=settings.redis_url,
+                 set_as_current=False)
+    socket = {"socket_timeout": settings.socket_timeout_s,
+              "socket_connect_timeout": settings.socket_timeout_s}
+    app.conf.update(
+        # JSON only: pickle is never accepted, in either direction.
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=keys.DEFAULT_QUEUE,
+        # Late acks: a job whose worker dies is delivered again, not lost.
+        task_acks_late=True, task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_time_limit=settings.job_time_limit_s,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        worker_concurrency=settings.worker_concurrency,
+        # Every job keeps its own events, so Flower shows it even when batched.
+        worker_send_task_events=True, task_send_sent_event=False,
+        result_expires=settings.result_ttl_s,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Bodies stay JSON text inside kombu's envelope: the arrays in them are
+            # base64 already, and kombu's default would base64 the whole body again.
+            "body_encoding": None,
+            **socket,
+        },
+        result_backend_transport_options=socket,
+        redis_socket_timeout=settings.socket_timeout_s,
+        redis_socket_connect_timeout=settings.socket_timeout_s,
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,142 @@
+"""`inferfleet` command line: run a fleet, a worker, Flower, or look at jobs and models."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from inferfleet.errors import InferfleetError
+from inferfleet.settings import Settings, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one command; the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: "
+                                                     "%(message)s")
+    try:
+        command: Command = args.run
+        return command(args, load_settings())
+    except InferfleetError as exc:
+        print(f"inferfleet: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferfleet", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="embedded Redis + workers + Flower on this machine")
+    up.add_argument("--workers", type=int, default=1, help="worker processes")
+    up.add_argument("--no-flower", action="store_true")
+    up.set_defaults(run=_up)
+
+    demo = sub.add_parser("demo", help="up, push the digits held-out set through, summarise")
+    demo.add_argument("--model", default="digits")
+    demo.add_argument("--passes", type=int, default=40,
+                      help="times the held-out rows are pushed through")
+    demo.add_argument("--job-size", type=int, default=256)
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--external", action="store_true",
+                      help="push through the fleet at INFERFLEET_REDIS_URL instead of "
+                           "starting one")
+    demo.set_defaults(run=_demo)
+
+    worker = sub.add_parser("worker", help="run one worker process (a Celery worker)")
+    worker.add_argument("--models", help="comma-separated model names (default: all)")
+    worker.add_argument("--hostname", help="Celery node name (default: inferfleet-PID@host)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=_worker)
+
+    flower = sub.add_parser("flower", help="run Flower for the fleet")
+    flower.add_argument("--port", type=int, default=None)
+    flower.add_argument("--address", default="127.0.0.1")
+    flower.set_defaults(run=_flower)
+
+    status = sub.add_parser("status", help="print one job's state (and result when done)")
+    status.add_argument("job_id")
+    status.set_defaults(run=_status)
+
+    models = sub.add_parser("models", help="list the models in the models folder")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.fleet import Fleet
+
+    with Fleet(settings, workers=args.workers, flower=not args.no_flower) as fleet:
+        print(f"inferfleet up: redis {fleet.redis_url}, {args.workers} worker(s)"
+              + ("" if args.no_flower else f", Flower http://127.0.0.1:{settings.flower_port}")
+              + f"; logs in {fleet.log_dir}. Ctrl-C stops everything.", flush=True)
+        _wait_for_interrupt()
+    print("inferfleet: stopped", flush=True)
+    return 0
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.demo import run_demo
+
+    return run_demo(settings, model=args.model, passes=args.passes, job_size=args.job_size,
+                    workers=args.workers, own_fleet=not args.external)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.worker import run_worker
+
+    models = [m for m in (args.models or "").split(",") if m] or None
+    run_worker(settings, models=models, hostname=args.hostname, loglevel=args.loglevel)
+    return 0
+
+
+def _flower(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.celery_app import make_app
+
+    port = settings.flower_port if args.port is None else args.port
+    make_app(settings).start(["flower", f"--port={port}", f"--address={args.address}"])
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.producer import Client
+
+    with Client(settings=settings) as client:
+        state = client.status(args.job_id)
+        print(state)
+        if state not in ("queued", "running", "unknown"):
+            result = client.result(args.job_id, timeout=5)
+            counts: dict[str, int] = {}
+            for sample in result.samples:
+                counts[sample.status.value] = counts.get(sample.status.value, 0) + 1
+            print(json.dumps({"model": result.model, "samples": counts,
+                              "latency_ms": result.latency_ms}, indent=2))
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.models.registry import Registry
+
+    registry = Registry(settings.models_dir)
+    for name in registry.names():
+        entry = registry.entry(name)
+        accuracy = entry.config.metrics.get("holdout_accuracy", "-")
+        print(f"{name}\tversion {entry.config.version}\taccuracy {accuracy}\t"
+              f"{entry.path.stat().st_size / 1e6:.2f} MB\t{entry.config.description}")
+    return 0

@@ -1,0 +1,147 @@
+"""Arrays on the wire: dtype + shape + base64 of the raw little-endian C-order bytes.
+
+    {"dtype": "float32", "shape": [2, 64], "data": "<base64>"}
+
+Clients that cannot produce raw bytes may send `"values"` (nested JSON lists) instead of
+`"data"`; the array must still match the declared dtype and shape. Columns that are not
+numeric tensors (string labels, skl2onnx ZipMap dictionaries) travel as plain JSON lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferfleet.errors import ErrorCode, WireFormatError
+
+#: Every dtype an array may have on the wire.
+WIRE_DTYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64"]
+)
+
+EncodedArray = dict[str, Any]
+
+
+def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
+    """The wire form of a numeric array.
+
+    Raises:
+        WireFormatError: if the dtype has no wire form (strings, objects, complex).
+    """
+    name = array.dtype.name
+    if name not in WIRE_DTYPES:
+        raise WireFormatError(f"dtype {name!r} cannot travel as an array; use one of "
+                              f"{sorted(WIRE_DTYPES)}", code=ErrorCode.BAD_DTYPE)
+    little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+    return {
+        "dtype": name,
+        "shape": list(array.shape),
+        "data": base64.b64encode(little.tobytes()).decode("ascii"),
+    }
+
+
+def decode_array(encoded: Mapping[str, Any], *, what: str = "array") -> npt.NDArray[Any]:
+    """The array an `encode_array` dict (or a `values` dict) stands for.
+
+    Raises:
+        WireFormatError: naming `what` and the field that is wrong.
+    """
+    if not isinstance(encoded, Mapping):
+        raise WireFormatError(f"{what} must be an object with dtype, shape and data, "
+                              f"got {type(encoded).__name__}")
+    dtype = _wire_dtype(encoded.get("dtype"), what)
+    shape = _wire_shape(encoded.get("shape"), what)
+    if "data" in encoded:
+        return _from_base64(encoded["data"], dtype, shape, what)
+    if "values" in encoded:
+        return _from_values(encoded["values"], dtype, shape, what)
+    raise WireFormatError(f"{what} has neither 'data' (base64) nor 'values' (JSON lists)")
+
+
+def _wire_dtype(value: object, what: str) -> np.dtype[Any]:
+    if not isinstance(value, str) or value not in WIRE_DTYPES:
+        raise WireFormatError(f"{what}.dtype {value!r} is not one of {sorted(WIRE_DTYPES)}",
+                              code=ErrorCode.BAD_DTYPE)
+    return np.dtype(value).newbyteorder("<")
+
+
+def _wire_shape(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise WireFormatError(f"{what}.shape {value!r} must be a list of non-negative ints")
+    return tuple(value)
+
+
+def _from_base64(
+    data: object, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
+) -> npt.NDArray[Any]:
+    if not isinstance(data, str):
+        raise WireFormatError(f"{what}.data must be a base64 string, got {type(data).__name__}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WireFormatError(f"{what}.data is not valid base64: {exc}") from exc
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise WireFormatError(
+            f"{what}.data holds {len(raw)} bytes, but dtype {dtype.name} and shape "
+            f"{list(shape)} need {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="),
+                                                                 copy=False)
+
+
+def _from_values(
+    values: object, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
+) -> npt.NDArray[Any]:
+    try:
+        array = np.asarray(values, dtype=dtype.newbyteorder("="))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireFormatError(f"{what}.values cannot be read as {dtype.name}: {exc}") from exc
+    if array.shape != shape:
+        raise WireFormatError(
+            f"{what}.values has shape {list(array.shape)}, but shape says {list(shape)}"
+        )
+    return array
+
+
+def encode_column(column: object) -> EncodedArray | list[Any]:
+    """The wire form of one output column: an encoded array when numeric, else a list."""
+    if isinstance(column, np.ndarray) and column.dtype.name in WIRE_DTYPES:
+        return encode_array(column)
+    return [_json_value(item) for item in column]  # type: ignore[attr-defined]
+
+
+def decode_column(column: object, *, what: str) -> npt.NDArray[Any] | list[Any]:
+    """The column `encode_column` wrote: an array for encoded arrays, a list otherwise.
+
+    Raises:
+        WireFormatError: if the column is neither.
+    """
+    if isinstance(column, list):
+        return column
+    if isinstance(column, Mapping):
+        return decode_array(column, what=what)
+    raise WireFormatError(f"{what} must be an encoded array or a list")
+
+
+def _json_value(item: object) -> Any:
+    if isinstance(item, Mapping):
+        return {str(_json_value(k)): _json_value(v) for k, v in item.items()}
+    if isinstance(item, np.ndarray):
+        return item.tolist()
+    if isinstance(item, np.generic):
+        return item.item()
+    if isinstance(item, bytes):
+        return item.decode("utf-8", "replace")
+    if isinstance(item, Sequence) and not isinstance(item, str):
+        return [_json_value(v) for v in item]
+    return item

@@ -1,0 +1,96 @@
+"""The one error tree of inferfleet.
+
+    InferfleetError
+    ├── ConfigurationError      settings that cannot work together
+    ├── ServerError             the embedded Redis server or a fleet process failed to start
+    ├── WireFormatError         a message or array that does not follow the wire schema
+    ├── InvalidInputError       samples rejected by validation before anything is enqueued
+    ├── BadArgumentError        an API argument that cannot work (also a ValueError)
+    ├── UnknownModelError       a model name the registry does not serve
+    ├── ModelLoadError          a model folder whose files cannot be served
+    ├── BatchContractError      a batch function that broke its rows-in, rows-out contract
+    └── ResultTimeoutError           a result that did not arrive in time (also a TimeoutError)
+
+Across the wire errors travel as data: an `ErrorCode` and a message, never a pickled exception.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons a sample or a job failed; stable across versions."""
+
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_MODEL = "unknown_model"
+    MISSING_INPUT = "missing_input"
+    BAD_SHAPE = "bad_shape"
+    BAD_DTYPE = "bad_dtype"
+    NON_FINITE = "non_finite"
+    TOO_LARGE = "too_large"
+    TOO_MANY_SAMPLES = "too_many_samples"
+    INFERENCE_ERROR = "inference_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class InferfleetError(Exception):
+    """Base class of every error inferfleet raises on purpose."""
+
+
+class ConfigurationError(InferfleetError):
+    """Settings that are invalid on their own or cannot work together."""
+
+
+class ServerError(InferfleetError):
+    """The embedded Redis server or another fleet process could not be started."""
+
+
+class WireFormatError(InferfleetError):
+    """A task message, result or encoded array that does not follow the wire schema."""
+
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.BAD_REQUEST) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class InvalidInputError(InferfleetError):
+    """Samples rejected by validation; `problems` maps sample index to (code, message)."""
+
+    def __init__(self, problems: dict[int, tuple[ErrorCode, str]]) -> None:
+        self.problems = problems
+        shown = "; ".join(
+            f"sample {index}: {code.value}: {message}"
+            for index, (code, message) in list(problems.items())[:5]
+        )
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"{len(problems)} invalid sample(s): {shown}{more}")
+
+
+class BadArgumentError(InferfleetError, ValueError):
+    """An argument to the Python API that cannot work, named with its bad value."""
+
+
+class UnknownModelError(InferfleetError):
+    """A model name (or version) that the registry does not serve."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(f"unknown model {name!r}: {reason}")
+
+
+class ModelLoadError(InferfleetError):
+    """A model folder whose ONNX file or config cannot be served."""
+
+
+class BatchContractError(InferfleetError):
+    """A batch function returned a number of rows other than it was given."""
+
+
+class ResultTimeoutError(InferfleetError, TimeoutError):
+    """A job's result did not arrive within the caller's timeout."""
+
+    def __init__(self, job_id: str, timeout_s: float) -> None:
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        super().__init__(f"no result for job {job_id} within {timeout_s:g} s")

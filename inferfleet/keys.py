@@ -1,0 +1,39 @@
+"""Every Redis key and queue name inferfleet uses, in one place.
+
+Celery's own keys are named here too, because inferfleet writes job results where
+Celery's Redis result backend keeps them: then `AsyncResult(id).get()` from any Celery
+client reads exactly what `Client.result` reads.
+"""
+
+from __future__ import annotations
+
+PREFIX = "inferfleet"
+
+#: The task every job is a message of; part of the wire schema.
+TASK_NAME = "inferfleet.predict"
+#: The queue a job goes to when it names no model queue (plain Celery clients).
+DEFAULT_QUEUE = PREFIX
+#: Published model signatures, a hash of model name -> JSON (read by producers).
+MODELS_HASH = f"{PREFIX}:models"
+#: Celery's Redis result backend key prefix (celery.backends.base.KeyValueStoreBackend).
+CELERY_RESULT_PREFIX = "celery-task-meta-"
+
+
+def model_queue(model: str) -> str:
+    """The queue that carries jobs for one model, so that workers can specialise."""
+    return f"{PREFIX}.{model}"
+
+
+def result(job_id: str) -> str:
+    """Where a job's terminal result lives (Celery's backend format, JSON)."""
+    return f"{CELERY_RESULT_PREFIX}{job_id}"
+
+
+def job(job_id: str) -> str:
+    """A hash of a job's ledger: state, model, session, sample count, timestamps."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def doorbell(job_id: str) -> str:
+    """A short list pushed once the result is stored, so that one waiter can BLPOP it."""
+    return f"{PREFIX}:done:{job_id}"

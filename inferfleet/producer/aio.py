@@ -1,0 +1,86 @@
+"""`AsyncClient`: `Client` with async methods, for asyncio programs.
+
+Reads use redis.asyncio; publishing runs `Client`'s pipelined kombu path in a thread,
+because kombu's producer is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from inferfleet import keys
+from inferfleet.errors import ResultTimeoutError
+from inferfleet.ledger import _payload
+from inferfleet.models.config import ModelSignature
+from inferfleet.producer.client import Client, Job, _text
+from inferfleet.schemas import JobResult, JobState
+from inferfleet.settings import Settings
+
+
+class AsyncClient:
+    """The async twin of `Client`: the same methods, awaited."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+        self._sync = Client(redis_url, settings=settings)
+        self.settings = self._sync.settings
+        self.redis = aioredis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=self.settings.socket_timeout_s,
+            socket_connect_timeout=self.settings.socket_timeout_s)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the Redis connections."""
+        await self.redis.aclose()
+        self._sync.close()
+
+    async def models(self) -> dict[str, ModelSignature]:
+        """Signatures of every model some worker has published, by name."""
+        raw = await self.redis.hgetall(keys.MODELS_HASH)
+        return {_text(name): ModelSignature.model_validate_json(value)
+                for name, value in raw.items()}
+
+    async def submit(self, model: str, samples: Any, **options: Any) -> Job:
+        """`Client.submit`, without blocking the event loop."""
+        return await asyncio.to_thread(self._sync.submit, model, samples, **options)
+
+    async def submit_many(self, model: str, samples: Any, **options: Any) -> list[Job]:
+        """`Client.submit_many`, without blocking the event loop."""
+        return await asyncio.to_thread(self._sync.submit_many, model, samples, **options)
+
+    async def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
+        """The terminal result of a job; raises `ResultTimeoutError` if none within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await self.redis.get(keys.result(job_id))
+            if raw is not None:
+                return JobResult.from_wire(_payload(raw))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeoutError(job_id, timeout)
+            await self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, 1.0))
+
+    async def results(self, job_ids: Iterable[str], *, timeout: float = 300.0
+                      ) -> list[JobResult]:
+        """Terminal results of many jobs, in order."""
+        return list(await asyncio.gather(*(self.result(job_id, timeout=timeout)
+                                           for job_id in job_ids)))
+
+    async def status(self, job_id: str) -> str:
+        """queued, running, a terminal status, or unknown."""
+        raw = await self.redis.get(keys.result(job_id))
+        if raw is not None:
+            return str(_payload(raw).get("status", JobState.UNKNOWN.value))
+        state = await self.redis.hget(keys.job(job_id), "state")
+        if state in (JobState.QUEUED.value.encode(), JobState.RUNNING.value.encode()):
+            return str(state.decode())
+        return JobState.UNKNOWN.value

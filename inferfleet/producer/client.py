@@ -1,0 +1,256 @@
+"""`Client`: submit jobs, read their results and states; no worker or ONNX Runtime code.
+
+Jobs are published with kombu's pipelined batch (one LPUSH per job, one round trip per
+chunk of jobs) after their ledger records, and results are read from Redis directly: a
+GET, then a BLPOP on the job's doorbell, never a per-job pub/sub subscription.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kombu import Queue
+
+from inferfleet import keys
+from inferfleet.celery_app import make_app
+from inferfleet.errors import BadArgumentError, ResultTimeoutError, UnknownModelError
+from inferfleet.ledger import Ledger
+from inferfleet.models.config import ModelSignature
+from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
+from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult
+from inferfleet.settings import Settings, load_settings
+from inferfleet.validation import Limits, SampleColumn
+
+#: Jobs whose messages are built and published per round trip in `submit_many`.
+PUBLISH_CHUNK_JOBS = 64
+#: How long one BLPOP on a doorbell may block before the result is read again.
+_DOORBELL_SLICE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A submitted job: its Celery task id and how to read its result."""
+
+    id: str
+    model: str
+    n_samples: int
+    session_id: str | None
+    client: Client = field(repr=False, compare=False)
+
+    def result(self, timeout: float = 30.0) -> JobResult:
+        """The job's terminal result; raises `ResultTimeoutError` (a TimeoutError) if late."""
+        return self.client.result(self.id, timeout=timeout)
+
+    def status(self) -> str:
+        """queued, running, a terminal status, or unknown."""
+        return self.client.status(self.id)
+
+
+@dataclass(frozen=True)
+class _Message:
+    job_id: str
+    kwargs: dict[str, Any]
+    samples: int
+
+
+class Client:
+    """Producer and reader of inferfleet jobs over one Redis (broker and results)."""
+
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+        if settings is None:
+            settings = load_settings(**({"redis_url": redis_url} if redis_url else {}))
+        self.settings = settings
+        self._app = make_app(settings)
+        self.redis = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=settings.socket_timeout_s)
+        self._ledger = Ledger(self.redis, ttl_s=settings.result_ttl_s)
+        self._limits = Limits(max_job_samples=settings.max_job_samples,
+                              max_sample_elements=settings.max_sample_elements)
+        self._queues: dict[str, Queue] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the Redis connections."""
+        self.redis.close()
+        self._app.close()
+
+    def models(self) -> dict[str, ModelSignature]:
+        """Signatures of every model some worker has published, by name."""
+        raw = self.redis.hgetall(keys.MODELS_HASH)
+        return {_text(name): ModelSignature.model_validate_json(value)
+                for name, value in raw.items()}
+
+    def signature(self, model: str) -> ModelSignature:
+        """The published signature of `model`.
+
+        Raises:
+            UnknownModelError: if no worker has published it.
+        """
+        raw = self.redis.hget(keys.MODELS_HASH, model)
+        if raw is None:
+            raise UnknownModelError(model, "no worker has published it; start a worker that "
+                                           "serves it, or submit with validate=False")
+        return ModelSignature.model_validate_json(raw)
+
+    def submit(self, model: str, samples: Any, *, session_id: str | None = None,
+               sample_ids: Sequence[str] | None = None, model_version: str | None = None,
+               deadline_s: float | None = None, validate: bool = True) -> Job:
+        """Enqueue one job holding every sample of `samples` (first axis: samples).
+
+        Raises:
+            InvalidInputError: if validation rejects samples (nothing is enqueued).
+            UnknownModelError: if `validate` and no worker serves `model`.
+            BadArgumentError: if the arguments cannot work.
+        """
+        return self._submit(model, samples, job_size=None, session_id=session_id,
+                            sample_ids=sample_ids, model_version=model_version,
+                            deadline_s=deadline_s, validate=validate)[0]
+
+    def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
+                    session_id: str | None = None, sample_ids: Sequence[str] | None = None,
+                    model_version: str | None = None, deadline_s: float | None = None,
+                    validate: bool = True) -> list[Job]:
+        """Split `samples` into jobs of `job_size` and enqueue them in pipelined chunks.
+
+        Raises:
+            The same as `submit`; nothing is enqueued if any sample is invalid.
+        """
+        if job_size < 1:
+            raise BadArgumentError(f"job_size must be >= 1, got {job_size!r}")
+        return self._submit(model, samples, job_size=job_size, session_id=session_id,
+                            sample_ids=sample_ids, model_version=model_version,
+                            deadline_s=deadline_s, validate=validate)
+
+    def _submit(self, model: str, samples: Any, *, job_size: int | None,
+                session_id: str | None, sample_ids: Sequence[str] | None,
+                model_version: str | None, deadline_s: float | None,
+                validate: bool) -> list[Job]:
+        _check_model_name(model)
+        signature = self.signature(model) if validate else None
+        columns: dict[str | None, SampleColumn] = as_columns(samples, signature)
+        if signature is not None:
+            columns = {name: array for name, array in
+                       checked_inputs(columns, signature, self._limits).items()}
+        total = n_samples(columns)
+        if total == 0:
+            raise BadArgumentError("no samples to submit")
+        ids = _sample_ids(sample_ids, total)
+        size = job_size or total
+        submitted_at = time.time()
+        common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
+                  "session_id": session_id, "submitted_at": submitted_at,
+                  "deadline_at": None if deadline_s is None else submitted_at + deadline_s}
+        jobs: list[Job] = []
+        for chunk_start in range(0, total, size * PUBLISH_CHUNK_JOBS):
+            chunk_stop = min(total, chunk_start + size * PUBLISH_CHUNK_JOBS)
+            messages = [
+                _Message(str(uuid.uuid4()), {
+                    **common, "inputs": encode_inputs(columns, start, min(start + size, total)),
+                    "sample_ids": None if ids is None else ids[start:start + size]},
+                    min(start + size, total) - start)
+                for start in range(chunk_start, chunk_stop, size)]
+            self._publish(model, session_id, messages, submitted_at)
+            jobs += [Job(m.job_id, model, m.samples, session_id, self) for m in messages]
+        return jobs
+
+    def _publish(self, model: str, session_id: str | None, messages: list[_Message],
+                 submitted_at: float) -> None:
+        # The ledger goes first, so that a fast worker never finds a job it cannot place.
+        pipe = self.redis.pipeline(transaction=False)
+        for message in messages:
+            self._ledger.record_queued(pipe, message.job_id, model=model,
+                                       session_id=session_id, n_samples=message.samples,
+                                       submitted_at=submitted_at)
+        pipe.execute()
+        queue = self._queue(model)
+        with self._app.producer_or_acquire() as producer, \
+                producer.batch(max_size=len(messages)):
+            for message in messages:
+                # ignore_result: results are read from Redis without the per-task
+                # SUBSCRIBE that Celery's result backend would open; reprs are given so
+                # that Celery does not saferepr the arrays.
+                self._app.send_task(
+                    keys.TASK_NAME, kwargs=message.kwargs, task_id=message.job_id,
+                    producer=producer, queue=queue,  # type: ignore[arg-type]  # Celery takes a Queue too
+                    ignore_result=True, argsrepr="()",
+                    kwargsrepr=f"{{model: {model!r}, samples: {message.samples}}}")
+
+    def _queue(self, model: str) -> Queue:
+        queue = self._queues.get(model)
+        if queue is None:
+            name = keys.model_queue(model)
+            queue = self._queues[model] = Queue(name, routing_key=name)
+        return queue
+
+    def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
+        """The terminal result of any job, by its task id.
+
+        Raises:
+            ResultTimeoutError: (a TimeoutError) if none is stored within `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            payload = self._ledger.read_results([job_id]).get(job_id)
+            if payload is not None:
+                return JobResult.from_wire(payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeoutError(job_id, timeout)
+            self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, _DOORBELL_SLICE_S))
+
+    def results(self, job_ids: Iterable[str], *, timeout: float = 300.0) -> list[JobResult]:
+        """Terminal results of many jobs, in the order given, read with batched MGETs.
+
+        Raises:
+            ResultTimeoutError: naming the first job still without a result after `timeout`.
+        """
+        ids = list(job_ids)
+        found: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        pause_s = 0.001
+        while len(found) < len(ids):
+            missing = [job_id for job_id in ids if job_id not in found]
+            before = len(found)
+            for start in range(0, len(missing), 1000):
+                found.update(self._ledger.read_results(missing[start:start + 1000]))
+            if len(found) == len(ids):
+                break
+            if time.monotonic() > deadline:
+                raise ResultTimeoutError(next(i for i in ids if i not in found), timeout)
+            pause_s = 0.001 if len(found) > before else min(pause_s * 2, 0.05)
+            time.sleep(pause_s)
+        return [JobResult.from_wire(found[job_id]) for job_id in ids]
+
+    def status(self, job_id: str) -> str:
+        """queued, running, a terminal status, or unknown (unknown and expired ids)."""
+        return self._ledger.state(job_id)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_model_name(model: str) -> None:
+    if not isinstance(model, str) or not re.match(MODEL_NAME_PATTERN, model):
+        raise BadArgumentError(f"model name {model!r} must match {MODEL_NAME_PATTERN}")
+
+
+def _sample_ids(sample_ids: Sequence[str] | None, total: int) -> list[str] | None:
+    if sample_ids is None:
+        return None
+    ids = [str(sample_id) for sample_id in sample_ids]
+    if len(ids) != total:
+        raise BadArgumentError(f"{len(ids)} sample_ids given for {total} samples")
+    return ids

@@ -1,0 +1,86 @@
+"""From what a caller passes to `submit` to encoded job inputs (no Celery, no Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferfleet.codec import encode_array
+from inferfleet.errors import BadArgumentError, InvalidInputError
+from inferfleet.models.config import ModelSignature
+from inferfleet.validation import Limits, SampleColumn, validate
+
+
+def as_columns(samples: Any, signature: ModelSignature | None) -> dict[str | None, SampleColumn]:
+    """Each input's samples, stacked where they share a shape, else one array per sample.
+
+    `samples` is an array-like whose first axis is the samples, a mapping of input name to
+    such, or a list of per-sample mappings. A bare array names the model's only input
+    (None when the signature is unknown).
+
+    Raises:
+        BadArgumentError: if the structure cannot be read as samples.
+    """
+    if isinstance(samples, Mapping):
+        return {str(name): _as_column(value, str(name)) for name, value in samples.items()}
+    if isinstance(samples, list | tuple) and samples and isinstance(samples[0], Mapping):
+        names = list(samples[0])
+        return {name: _as_column([sample[name] for sample in samples], name) for name in names}
+    if signature is not None and len(signature.inputs) > 1:
+        raise BadArgumentError(f"model {signature.name!r} takes inputs "
+                               f"{[s.name for s in signature.inputs]}: pass a dict of them")
+    name = signature.inputs[0].name if signature is not None else None
+    return {name: _as_column(samples, name or "input")}
+
+
+def _as_column(value: Any, name: str) -> SampleColumn:
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            raise BadArgumentError(f"input {name!r} is a scalar; its first axis must be samples")
+        return value
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise BadArgumentError(f"input {name!r} must be an array-like of samples, "
+                               f"got {type(value).__name__}")
+    try:
+        stacked = np.asarray(value)
+        if stacked.dtype.kind in "biufc" and stacked.ndim >= 1:
+            return stacked
+    except ValueError:
+        pass  # ragged: samples of different shapes travel one by one
+    return [np.asarray(sample) for sample in value]
+
+
+def n_samples(columns: Mapping[str | None, SampleColumn]) -> int:
+    """The number of samples (the first input's, which validation checks against the rest)."""
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def checked_inputs(columns: dict[str | None, SampleColumn], signature: ModelSignature,
+                   limits: Limits) -> dict[str, npt.NDArray[Any]]:
+    """The inputs stacked and cast to the model's dtypes, once every sample passed.
+
+    Raises:
+        InvalidInputError: listing each bad sample with its error code and reason.
+    """
+    job = validate({str(k): v for k, v in columns.items()}, signature, limits)
+    if job.problems:
+        raise InvalidInputError(dict(sorted(job.problems.items())))
+    return job.inputs
+
+
+def encode_inputs(columns: Mapping[str | None, SampleColumn], start: int,
+                  stop: int) -> dict[str, Any] | Any:
+    """The wire form of samples [start, stop) of each input."""
+    encoded = {name: _encode_column(column, start, stop) for name, column in columns.items()}
+    if list(encoded) == [None]:
+        return encoded[None]
+    return encoded
+
+
+def _encode_column(column: SampleColumn, start: int, stop: int) -> Any:
+    if isinstance(column, np.ndarray):
+        return encode_array(column[start:stop])
+    return [encode_array(np.asarray(sample)) for sample in column[start:stop]]

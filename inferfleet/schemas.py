@@ -1,0 +1,196 @@
+"""Pydantic v2 models: the wire schema (version 1) and what callers get back.
+
+The task `inferfleet.predict` takes one keyword argument per `JobRequest` field, all JSON;
+its result (stored where Celery's Redis backend keeps results) is a `WireResult`. Results
+are columnar on the wire, one encoded array per output, so that a 1,000-sample job is a
+few base64 strings rather than thousands of JSON numbers; `JobResult.from_wire` turns
+them into one `SampleResult` per sample.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from inferfleet.codec import decode_column
+from inferfleet.errors import ErrorCode
+
+WIRE_VERSION: Literal[1] = 1
+#: Model names are allow-listed to this pattern, so a name can never become a path.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class JobStatus(StrEnum):
+    """The terminal state a job ends in, exactly once."""
+
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class JobState(StrEnum):
+    """What `Client.status` reports: a live state, a terminal `JobStatus`, or unknown."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    UNKNOWN = "unknown"
+
+
+class SampleStatus(StrEnum):
+    """How one sample ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    EXPIRED = "expired"
+
+
+class ErrorInfo(BaseModel):
+    """Why a sample or a job failed, as data: a stable code and a readable message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class SampleError(ErrorInfo):
+    """An `ErrorInfo` for the sample at `index` in its job."""
+
+    index: int = Field(ge=0)
+
+
+class JobRequest(BaseModel):
+    """The keyword arguments of one `inferfleet.predict` task message (wire version 1).
+
+    `inputs` maps each model input name to either one encoded array whose first axis is
+    the samples, or a list of per-sample encoded arrays (for samples of differing shape or
+    dtype). A model with one input may also take the array or list directly.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    model: str = Field(pattern=MODEL_NAME_PATTERN)
+    model_version: str | None = Field(None, max_length=64)
+    session_id: str | None = Field(None, max_length=256)
+    inputs: dict[str, Any] | list[Any]
+    sample_ids: list[str] | None = None
+    submitted_at: float | None = None
+    deadline_at: float | None = None
+
+
+class JobTimings(BaseModel):
+    """Where a job's time went, in milliseconds (None when that stage never ran)."""
+
+    queued_ms: float | None = None
+    batch_wait_ms: float | None = None
+    inference_ms: float | None = None
+    total_ms: float | None = None
+
+
+class WireResult(BaseModel):
+    """A job's terminal result as stored in Redis (wire version 1), columnar."""
+
+    v: Literal[1] = 1
+    job_id: str
+    model: str
+    model_version: str | None = None
+    session_id: str | None = None
+    status: JobStatus
+    sample_ids: list[str]
+    sample_status: list[SampleStatus]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    errors: list[SampleError] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    latency_ms: float | None = None
+    timings: JobTimings = Field(default_factory=JobTimings)
+    providers: list[str] = Field(default_factory=list)
+    #: The coalesced batches (ONNX Runtime calls) that computed this job's samples.
+    batch_ids: list[str] = Field(default_factory=list)
+
+
+class SampleResult(BaseModel):
+    """One sample's outcome: its outputs on success, its error on failure."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    sample_id: str
+    job_id: str
+    status: SampleStatus
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    latency_ms: float | None = None
+
+
+class JobResult(BaseModel):
+    """A job's terminal result, one `SampleResult` per sample, in submission order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    job_id: str
+    model: str
+    model_version: str | None
+    session_id: str | None
+    status: JobStatus
+    samples: list[SampleResult]
+    error: ErrorInfo | None = None
+    latency_ms: float | None = None
+    timings: JobTimings
+    providers: list[str] = Field(default_factory=list)
+    batch_ids: list[str] = Field(default_factory=list)
+    _columns: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def column(self, name: str) -> Any:
+        """One output for every sample at once (rows of failed samples are zero/None).
+
+        Raises:
+            KeyError: if the job has no such output.
+        """
+        return self._columns[name]
+
+    @classmethod
+    def from_wire(cls, payload: dict[str, Any]) -> JobResult:
+        """Decode a stored `WireResult` dict.
+
+        Raises:
+            pydantic.ValidationError, WireFormatError: if the payload is not a result.
+        """
+        wire = WireResult.model_validate(payload)
+        columns = {
+            name: decode_column(column, what=f"outputs[{name!r}]")
+            for name, column in wire.outputs.items()
+        }
+        result = cls(
+            job_id=wire.job_id, model=wire.model, model_version=wire.model_version,
+            session_id=wire.session_id, status=wire.status, error=wire.error,
+            latency_ms=wire.latency_ms, timings=wire.timings, providers=wire.providers,
+            batch_ids=wire.batch_ids, samples=_samples_of(wire, columns),
+        )
+        result._columns = columns
+        return result
+
+
+def _samples_of(wire: WireResult, columns: dict[str, Any]) -> list[SampleResult]:
+    errors = {error.index: ErrorInfo(code=error.code, message=error.message)
+              for error in wire.errors}
+    samples = []
+    for index, (sample_id, status) in enumerate(zip(wire.sample_ids, wire.sample_status,
+                                                    strict=True)):
+        outputs = ({name: _row(column, index) for name, column in columns.items()}
+                   if status is SampleStatus.SUCCESS else {})
+        samples.append(SampleResult.model_construct(
+            sample_id=sample_id, job_id=wire.job_id, status=status, outputs=outputs,
+            error=errors.get(index), latency_ms=wire.latency_ms,
+        ))
+    return samples
+
+
+def _row(column: Any, index: int) -> Any:
+    row = column[index]
+    return row.item() if isinstance(row, np.ndarray) and row.ndim == 0 else (
+        row.item() if isinstance(row, np.generic) else row)

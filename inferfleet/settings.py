@@ -1,0 +1,123 @@
+"""One typed `Settings` object; every field has an `INFERFLEET_<NAME>` environment variable.
+
+Built in the entry point (CLI, `Client()`, the worker) and passed in: nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inferfleet.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_models_dir() -> Path:
+    return REPO_ROOT / "models"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+class Settings(BaseSettings):
+    """Fleet settings shared by producers and workers (see the README's table)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERFLEET_", frozen=True, extra="forbid")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    models_dir: Path = Field(default_factory=_default_models_dir)
+
+    # Micro-batching: how many rows one ONNX Runtime call may take, and how long the
+    # batcher may hold a batch open while more jobs for its model are known to be coming
+    # (being decoded, or still queued in Redis). With nothing coming it never waits.
+    max_batch_rows: int = Field(1024, ge=1)
+    max_wait_ms: float = Field(10.0, ge=0)
+
+    # Worker shape: jobs in flight per worker process (threads), messages reserved per
+    # thread, and ONNX Runtime intra-op threads (0: cores divided by worker processes).
+    worker_concurrency: int = Field(32, ge=1)
+    prefetch_multiplier: int = Field(4, ge=1)
+    worker_processes: int = Field(1, ge=1)
+    ort_threads: int = Field(0, ge=0)
+
+    # Reliability: a job runs at most job_time_limit_s; an unacked message comes back
+    # after visibility_timeout_s, which must exceed the longest time a message is held.
+    job_time_limit_s: float = Field(120.0, gt=0)
+    visibility_timeout_s: float = Field(900.0, gt=0)
+    socket_timeout_s: float = Field(10.0, gt=0)
+
+    # Retention of results and job ledgers in Redis.
+    result_ttl_s: int = Field(86_400, ge=1)
+
+    # Limits on what one job may carry.
+    max_job_samples: int = Field(100_000, ge=1)
+    max_sample_elements: int = Field(1_000_000, ge=1)
+
+    # `inferfleet up`: where the embedded server keeps its AOF, and Flower's port.
+    data_dir: Path = Path(".inferfleet")
+    flower_port: int = Field(5555, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _check_redis_url(self) -> Settings:
+        scheme = urlsplit(self.redis_url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"redis_url {mask_url(self.redis_url)!r} must start with redis://, "
+                "rediss:// or unix://"
+            )
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "redis_url" else value
+
+    def check_visibility_timeout(self) -> None:
+        """Refuse settings under which a held message would be delivered twice.
+
+        A reserved message's visibility clock starts at prefetch. It waits behind at
+        most `prefetch_multiplier` jobs per thread, each bounded by `job_time_limit_s`,
+        and then runs for up to `job_time_limit_s` itself.
+
+        Raises:
+            ConfigurationError: if `visibility_timeout_s` is not longer than that.
+        """
+        longest_hold_s = (self.prefetch_multiplier + 1) * self.job_time_limit_s
+        if self.visibility_timeout_s <= longest_hold_s:
+            raise ConfigurationError(
+                f"visibility_timeout_s={self.visibility_timeout_s:g} must exceed the longest "
+                f"hold time (prefetch_multiplier + 1) * job_time_limit_s = {longest_hold_s:g}"
+                " s, or held messages are delivered twice"
+            )
+
+    def ort_threads_per_process(self) -> int:
+        """Intra-op threads for each ONNX Runtime session, so processes x threads fit."""
+        if self.ort_threads:
+            return self.ort_threads
+        return max(1, (os.cpu_count() or 1) // self.worker_processes)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with keyword overrides on top.
+
+    Raises:
+        ConfigurationError: naming the setting and the bad value.
+    """
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,63 @@
+"""The inferfleet worker: a Celery worker whose threads share one micro-batcher per model.
+
+Each job is its own Celery task (own events, own late ack, own result); the threads pool
+lets many jobs wait on the same batch at once, and ONNX Runtime releases the GIL while it
+computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from inferfleet import keys
+from inferfleet.celery_app import make_app
+from inferfleet.models.registry import Registry
+from inferfleet.settings import Settings
+from inferfleet.worker.service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_worker_app", "run_worker"]
+
+
+def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
+    """The Celery app with `inferfleet.predict` bound to a fresh `InferenceService`.
+
+    Raises:
+        ConfigurationError: if the visibility timeout is shorter than the longest hold.
+    """
+    settings.check_visibility_timeout()
+    app = make_app(settings)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s,
+                                  socket_connect_timeout=settings.socket_timeout_s)
+    service = InferenceService(settings, client)
+
+    @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
+    def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = service.handle(str(task.request.id), kwargs, positional_args=len(args))
+        failed = sum(status != "success" for status in result.sample_status)
+        return {"status": result.status.value, "samples": len(result.sample_ids),
+                "failed": failed}
+
+    return app, service
+
+
+def run_worker(settings: Settings, *, models: list[str] | None = None,
+               hostname: str | None = None, loglevel: str = "INFO") -> None:
+    """Warm up the models, then run a Celery worker consuming their queues until stopped."""
+    app, service = create_worker_app(settings)
+    names = models or Registry(settings.models_dir).names()
+    served = service.warm_up(names)
+    queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
+    node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main([
+        "worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
+        f"--queues={','.join(queues)}", "--events", "--without-gossip", "--without-mingle",
+        f"--hostname={node}", f"--loglevel={loglevel}",
+    ])

@@ -1,0 +1,229 @@
+"""The inference service of one worker process: model sessions, the batcher, the ledger.
+
+`handle` is everything one job does: parse, validate, join a batch, store the result.
+It never raises for a bad job: every failure becomes a stored terminal result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Hashable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from pydantic import ValidationError
+
+from inferfleet import keys
+from inferfleet.batching import BatchOutcome, MicroBatcher
+from inferfleet.errors import ErrorCode, InferfleetError, UnknownModelError, WireFormatError
+from inferfleet.ledger import Ledger
+from inferfleet.models.postprocess import Column, postprocess
+from inferfleet.models.registry import Registry
+from inferfleet.models.runtime import OnnxModel
+from inferfleet.schemas import JobRequest, JobStatus, JobTimings, WireResult
+from inferfleet.settings import Settings
+from inferfleet.validation import Limits, ValidatedJob, validate
+from inferfleet.worker.jobs import compose_result, decode_inputs, failed_result
+
+logger = logging.getLogger(__name__)
+
+
+class ModelPool:
+    """This process's ONNX Runtime sessions, built on first use and rebuilt after a fork."""
+
+    def __init__(self, registry: Registry, *, intra_op_threads: int) -> None:
+        self.registry = registry
+        self.intra_op_threads = intra_op_threads
+        self._lock = threading.Lock()
+        self._models: dict[str, OnnxModel] = {}
+        self._pid = os.getpid()
+
+    def get(self, name: str) -> OnnxModel:
+        """The loaded model `name`.
+
+        Raises:
+            UnknownModelError: if the registry does not serve it.
+            ModelLoadError: if its files cannot be loaded.
+        """
+        with self._lock:
+            if self._pid != os.getpid():  # sessions must not cross a fork
+                self._models, self._pid = {}, os.getpid()
+            model = self._models.get(name)
+            if model is None:
+                entry = self.registry.entry(name)
+                model = self._models[name] = OnnxModel(
+                    entry, intra_op_threads=self.intra_op_threads)
+            return model
+
+
+class QueueBacklog:
+    """How many messages still wait in Redis for a batch key's model: the batcher's hint
+    that holding a batch open will pay. Asked at most once per `max_age_s` per model."""
+
+    def __init__(self, client: redis.Redis, *, max_age_s: float = 0.001) -> None:
+        self.client = client
+        self.max_age_s = max_age_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: Hashable) -> int:
+        model = str(key[0])  # type: ignore[index]
+        now = time.monotonic()
+        seen = self._seen.get(model)
+        if seen is not None and now - seen[0] < self.max_age_s:
+            return seen[1]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.llen(keys.model_queue(model))
+            pipe.llen(keys.DEFAULT_QUEUE)
+            waiting = sum(pipe.execute())
+        except redis.RedisError:  # only a hint: never let it fail a batch
+            waiting = 0
+        self._seen[model] = (now, waiting)
+        return waiting
+
+
+@dataclass
+class _Prepared:
+    request: JobRequest
+    model: OnnxModel
+    job: ValidatedJob
+    future: Future[BatchOutcome] | None
+
+
+class InferenceService:
+    """Serves `inferfleet.predict` jobs in one worker process."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.ledger = Ledger(client, ttl_s=settings.result_ttl_s)
+        self.pool = ModelPool(Registry(settings.models_dir),
+                              intra_op_threads=settings.ort_threads_per_process())
+        self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
+                                    max_wait_ms=settings.max_wait_ms,
+                                    backlog=QueueBacklog(client), name=f"b{os.getpid()}")
+        self.limits = Limits(max_job_samples=settings.max_job_samples,
+                             max_sample_elements=settings.max_sample_elements)
+
+    def warm_up(self, names: list[str]) -> list[str]:
+        """Load each model, run it once, and publish its signature; the names served."""
+        served = []
+        for name in names:
+            try:
+                model = self.pool.get(name)
+                model.run(_zeros_for(model))
+            except InferfleetError as exc:
+                logger.error("not serving model %s: %s", name, exc)
+                continue
+            signature = model.signature.model_copy(update={"providers": model.providers})
+            self.client.hset(keys.MODELS_HASH, name, signature.model_dump_json())
+            served.append(name)
+        logger.info("serving models %s", served)
+        return served
+
+    def handle(self, job_id: str, kwargs: dict[str, Any], *,
+               positional_args: int = 0) -> WireResult:
+        """Run one job to its terminal result and store it (once)."""
+        started = time.time()
+        self.ledger.mark_running(job_id)
+        with self.batcher.arriving():
+            prepared = failed_result(
+                job_id, kwargs, ErrorCode.BAD_REQUEST,
+                f"{keys.TASK_NAME} takes keyword arguments only (the wire schema); got "
+                f"{positional_args} positional") if positional_args else \
+                self._prepare(job_id, kwargs, started)
+        result = prepared if isinstance(prepared, WireResult) else \
+            self._finish(job_id, prepared, started)
+        if not self.ledger.store_result(result):
+            logger.warning("job %s already had a terminal result; kept the first", job_id)
+        return result
+
+    def _prepare(self, job_id: str, kwargs: dict[str, Any],
+                 started: float) -> _Prepared | WireResult:
+        try:
+            request = JobRequest.model_validate(kwargs)
+        except ValidationError as exc:
+            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST,
+                                 f"not a valid inferfleet.predict request: {_brief(exc)}")
+        if request.deadline_at is not None and started > request.deadline_at:
+            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST,
+                                 "deadline passed before the job started",
+                                 status=JobStatus.EXPIRED)
+        try:
+            model = self._model_for(request)
+            columns, decode_problems = decode_inputs(request, model.signature)
+        except UnknownModelError as exc:
+            return failed_result(job_id, kwargs, ErrorCode.UNKNOWN_MODEL, str(exc))
+        except WireFormatError as exc:
+            return failed_result(job_id, kwargs, exc.code, str(exc))
+        except InferfleetError as exc:
+            return failed_result(job_id, kwargs, ErrorCode.INTERNAL_ERROR, str(exc))
+        job = validate(columns, model.signature, self.limits)
+        for index, problem in decode_problems.items():
+            job.problems[index] = problem
+        if job.n_samples == 0:
+            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST, "the job has no samples")
+        future = None
+        if len(job.valid_index):
+            future = self.batcher.submit(_batch_key(request, job.inputs), job.inputs)
+        return _Prepared(request, model, job, future)
+
+    def _model_for(self, request: JobRequest) -> OnnxModel:
+        model = self.pool.get(request.model)
+        wanted = request.model_version
+        if wanted is not None and wanted != model.signature.version:
+            raise UnknownModelError(request.model, f"version {wanted!r} is not served; "
+                                                   f"this worker has {model.signature.version!r}")
+        return model
+
+    def _finish(self, job_id: str, prepared: _Prepared, started: float) -> WireResult:
+        outcome = None
+        if prepared.future is not None:
+            try:
+                outcome = prepared.future.result(timeout=self.settings.job_time_limit_s)
+            except Exception as exc:  # a broken batch must still end this job
+                logger.exception("job %s: batch failed", job_id)
+                return failed_result(job_id, prepared.request.model_dump(),
+                                     ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
+        finished = time.time()
+        submitted = prepared.request.submitted_at
+        timings = JobTimings(
+            queued_ms=None if submitted is None else max(0.0, (started - submitted) * 1000),
+            batch_wait_ms=outcome.wait_ms if outcome else None,
+            inference_ms=outcome.run_ms if outcome else None,
+            total_ms=(finished - started) * 1000)
+        result = compose_result(job_id, prepared.request, prepared.model.signature,
+                                prepared.job, outcome, timings=timings,
+                                providers=prepared.model.providers)
+        result.latency_ms = None if submitted is None else (finished - submitted) * 1000
+        result.batch_ids = [outcome.batch_id] if outcome else []
+        return result
+
+    def _run_batch(self, key: Hashable, inputs: Mapping[str, npt.NDArray[Any]]
+                   ) -> dict[str, Column]:
+        model = self.pool.get(key[0])  # type: ignore[index]
+        config = self.pool.registry.entry(key[0]).config  # type: ignore[index]
+        return postprocess(model.run(inputs), config.postprocess, model.signature.labels)
+
+
+def _batch_key(request: JobRequest, inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:
+    """Jobs share a batch only for the same model and the same per-sample shapes."""
+    shapes = tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
+    return (request.model, shapes)
+
+
+def _zeros_for(model: OnnxModel) -> dict[str, npt.NDArray[Any]]:
+    return {spec.name: np.zeros((1, *[d or 1 for d in spec.shape]), dtype=spec.dtype)
+            for spec in model.signature.inputs}
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
+                     for e in exc.errors()[:5])

@@ -1,0 +1,63 @@
+"""The command line as a user runs it: real processes, embedded Redis, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from inferfleet.embedded import free_port
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "inferfleet", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, "INFERFLEET_FLOWER_PORT": str(free_port())})
+
+
+def test_the_demo_accounts_for_every_sample_and_matches_onnx_runtime(tmp_path: Path) -> None:
+    done = run_cli("demo", "--passes", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "samples: 1080 of 1080 accounted for, by status {'success': 1080}" in done.stdout
+    assert "equal to in-process ONNX Runtime on the same rows: yes" in done.stdout
+    accuracy = float(re.search(r"accuracy vs labels: ([0-9.]+)", done.stdout).group(1))
+    assert accuracy > 0.95
+
+
+def test_models_lists_the_shipped_models_with_accuracy(tmp_path: Path) -> None:
+    done = run_cli("models", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^digits\tversion 1\taccuracy 0\.9\d+", done.stdout, re.MULTILINE)
+    assert re.search(r"^digits_mlp\t", done.stdout, re.MULTILINE)
+
+
+def test_up_runs_redis_workers_and_flower_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
+    up = subprocess.Popen([sys.executable, "-m", "inferfleet", "up", "--workers", "2"],
+                          cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          env={**os.environ, "INFERFLEET_FLOWER_PORT": str(free_port())})
+    try:
+        assert up.stdout is not None
+        banner = up.stdout.readline()
+        assert "inferfleet up: redis redis://127.0.0.1:" in banner, banner
+        children = psutil.Process(up.pid).children()
+        assert len(children) == 4, children  # redis, two workers, flower
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        assert "inferfleet: stopped" in up.stdout.read()
+        deadline = time.monotonic() + 10
+        while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+            assert time.monotonic() < deadline, "a child outlived `inferfleet up`"
+            time.sleep(0.1)
+        assert (tmp_path / ".inferfleet" / "redis" / "appendonlydir").is_dir()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            pytest.fail("inferfleet up did not stop on SIGINT")

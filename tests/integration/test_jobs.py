@@ -1,0 +1,240 @@
+"""Jobs through a real Redis and a real worker process, compared with ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from celery import Celery
+
+from inferfleet import AsyncClient, Client, ErrorCode, InvalidInputError, UnknownModelError
+from inferfleet import keys
+from inferfleet.codec import encode_array
+from inferfleet.fleet import Process
+from inferfleet.schemas import JobResult
+from inferfleet.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def holdout(models_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(models_dir / "digits" / "holdout.npz")
+    return data["x"], data["y"]
+
+
+def in_process(models_dir: Path, model: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(models_dir / model / "model.onnx"))
+    return session.run(["probabilities"], {"pixels": x})[0]
+
+
+def wire_kwargs(model: str, inputs: object, **extra: object) -> dict[str, object]:
+    return {"v": 1, "model": model, "inputs": inputs, **extra}
+
+
+def plain_celery(settings: Settings) -> Celery:
+    """A Celery client that knows nothing of inferfleet but its documented wire schema."""
+    app = Celery(broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"],
+                    result_accept_content=["json"])
+    return app
+
+
+def test_a_job_of_one_sample_comes_back_with_its_prediction(client: Client,
+                                                            models_dir: Path) -> None:
+    x, y = holdout(models_dir)
+    result = client.submit("digits", x[:1], session_id="s1").result(timeout=30)
+    assert result.status == "succeeded"
+    [sample] = result.samples
+    expected = in_process(models_dir, "digits", x[:1])
+    assert sample.status == "success"
+    assert sample.sample_id == "0"
+    assert sample.outputs["label"] == str(expected.argmax())
+    np.testing.assert_allclose(sample.outputs["probabilities"], expected[0], rtol=1e-6)
+    assert result.session_id == "s1"
+    assert result.latency_ms is not None and result.latency_ms > 0
+
+
+def test_a_job_of_1000_samples_equals_in_process_onnx_runtime(client: Client,
+                                                              models_dir: Path) -> None:
+    x, _ = holdout(models_dir)
+    rows = np.tile(x, (2, 1))[:1000]
+    ids = [f"row-{i}" for i in range(1000)]
+    result = client.submit("digits_mlp", rows, sample_ids=ids).result(timeout=60)
+    expected = in_process(models_dir, "digits_mlp", rows)
+    assert result.status == "succeeded"
+    assert [s.sample_id for s in result.samples] == ids
+    np.testing.assert_allclose(result.column("probabilities"), expected, rtol=1e-5, atol=1e-6)
+    assert result.column("label") == [str(i) for i in expected.argmax(axis=1)]
+
+
+def test_submit_many_splits_into_jobs_that_all_come_back_in_order(client: Client,
+                                                                  models_dir: Path) -> None:
+    x, y = holdout(models_dir)
+    jobs = client.submit_many("digits", x, job_size=100, session_id="many")
+    assert [job.n_samples for job in jobs] == [100] * 5 + [40]
+    results = client.results([job.id for job in jobs], timeout=60)
+    labels = np.concatenate([np.asarray(r.column("label"), dtype=int) for r in results])
+    np.testing.assert_array_equal(labels, in_process(models_dir, "digits", x).argmax(axis=1))
+    assert (labels == y).mean() > 0.9
+
+
+def test_a_job_mixing_good_and_bad_samples_ends_partial_with_the_good_ones_computed(
+        settings: Settings, client: Client, models_dir: Path) -> None:
+    x, _ = holdout(models_dir)
+    nan = x[2].copy()
+    nan[5] = np.nan
+    samples = [
+        encode_array(x[0]),                                   # good
+        encode_array(x[1][:60]),                              # wrong shape
+        encode_array(nan),                                    # NaN
+        {"dtype": "complex64", "shape": [64], "data": ""},    # wrong dtype
+        encode_array(x[4].astype(np.float64)),                # castable: good
+    ]
+    task = plain_celery(settings).send_task(keys.TASK_NAME, queue=keys.DEFAULT_QUEUE,
+                                            kwargs=wire_kwargs("digits", samples))
+    result = client.result(task.id, timeout=30)
+    assert result.status == "partial"
+    assert [s.status for s in result.samples] == ["success", "failure", "failure", "failure",
+                                                   "success"]
+    codes = [s.error.code if s.error else None for s in result.samples]
+    assert codes == [None, ErrorCode.BAD_SHAPE, ErrorCode.NON_FINITE, ErrorCode.BAD_DTYPE, None]
+    assert "sample shape [60]; the model takes [64]" in result.samples[1].error.message
+    expected = in_process(models_dir, "digits", x[[0, 4]]).argmax(axis=1)
+    assert [result.samples[0].outputs["label"], result.samples[4].outputs["label"]] == \
+        [str(i) for i in expected]
+
+
+def test_a_sample_that_onnx_runtime_rejects_fails_alone(client: Client) -> None:
+    jobs = [client.submit("lookup", np.array([[1], [42], [3]])),
+            client.submit("lookup", np.array([[7], [8]]))]
+    bad, good = (job.result(timeout=30) for job in jobs)
+    assert bad.status == "partial"
+    assert [s.status for s in bad.samples] == ["success", "failure", "success"]
+    assert bad.samples[1].error.code == ErrorCode.INFERENCE_ERROR
+    assert "out of data bounds" in bad.samples[1].error.message
+    np.testing.assert_array_equal(bad.samples[2].outputs["rows"], [[6, 7]])
+    assert good.status == "succeeded"
+    np.testing.assert_array_equal(good.column("rows"), [[[14, 15]], [[16, 17]]])
+
+
+def test_an_unknown_model_ends_failed_with_a_clear_code(settings: Settings,
+                                                        client: Client) -> None:
+    encoded = encode_array(np.zeros((2, 64), np.float32))
+    task = plain_celery(settings).send_task(keys.TASK_NAME, queue=keys.DEFAULT_QUEUE,
+                                            kwargs=wire_kwargs("no_such_model", encoded))
+    result = client.result(task.id, timeout=30)
+    assert result.status == "failed"
+    assert result.error is not None and result.error.code == ErrorCode.UNKNOWN_MODEL
+    assert "no_such_model" in result.error.message
+    assert [s.status for s in result.samples] == ["failure", "failure"]
+    with pytest.raises(UnknownModelError, match="no worker has published it"):
+        client.submit("no_such_model", np.zeros((1, 64), np.float32))
+
+
+def test_a_request_off_the_wire_schema_ends_failed_not_lost(settings: Settings,
+                                                            client: Client) -> None:
+    celery = plain_celery(settings)
+    positional = celery.send_task(keys.TASK_NAME, args=["digits"], queue=keys.DEFAULT_QUEUE)
+    garbage = celery.send_task(keys.TASK_NAME, kwargs={"model": "digits", "inputs": "zzz"},
+                               queue=keys.DEFAULT_QUEUE)
+    first = client.result(positional.id, timeout=30)
+    assert first.status == "failed" and "keyword arguments only" in first.error.message
+    second = client.result(garbage.id, timeout=30)
+    assert second.status == "failed" and second.error.code == ErrorCode.BAD_REQUEST
+
+
+def test_a_plain_celery_client_gets_the_same_result_as_client(settings: Settings,
+                                                              client: Client,
+                                                              models_dir: Path) -> None:
+    x, _ = holdout(models_dir)
+    kwargs = wire_kwargs("digits", {"pixels": encode_array(x[:3])}, sample_ids=["a", "b", "c"],
+                         session_id="plain")
+    task = plain_celery(settings).send_task(keys.TASK_NAME, kwargs=kwargs,
+                                            queue=keys.model_queue("digits"))
+    payload = task.get(timeout=30)
+    assert payload["status"] == "succeeded"
+    assert payload["sample_ids"] == ["a", "b", "c"]
+    from_celery = JobResult.from_wire(payload)
+    from_client = client.result(task.id, timeout=5)
+    assert from_celery.model_dump(exclude={"samples"}) == \
+        from_client.model_dump(exclude={"samples"})
+    assert from_celery.column("label") == from_client.column("label") == \
+        [str(i) for i in in_process(models_dir, "digits", x[:3]).argmax(axis=1)]
+
+
+def test_states_read_queued_then_terminal_and_unknown_ids_read_unknown(client: Client) -> None:
+    assert client.status(str(uuid.uuid4())) == "unknown"
+    unserved = client.submit("nobody_serves_this", np.zeros((1, 2)), validate=False)
+    assert unserved.status() == "queued"
+    done = client.submit("digits", np.zeros((1, 64), np.float32))
+    done.result(timeout=30)
+    assert done.status() == "succeeded"
+
+
+def test_client_validation_rejects_bad_samples_before_enqueueing(client: Client) -> None:
+    before = client.redis.llen(keys.model_queue("digits"))
+    samples = np.ones((3, 64), np.float32)
+    samples[1, 0] = np.inf
+    with pytest.raises(InvalidInputError, match="sample 1: non_finite"):
+        client.submit("digits", samples)
+    with pytest.raises(InvalidInputError, match="sample 0: bad_shape"):
+        client.submit("digits", np.ones((1, 65), np.float32))
+    assert client.redis.llen(keys.model_queue("digits")) == before
+
+
+def test_a_model_with_several_inputs_takes_a_dict_per_job_or_per_sample(client: Client) -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.ones((2, 3), dtype=np.float32)
+    stacked = client.submit("pair_sum", {"a": a, "b": b}).result(timeout=30)
+    np.testing.assert_array_equal(stacked.column("sum"), a + b)
+    per_sample = client.submit("pair_sum", [{"a": a[0], "b": b[0]}, {"a": a[1], "b": b[1]}])
+    np.testing.assert_array_equal(per_sample.result(timeout=30).column("sum"), a + b)
+
+
+def test_zipmap_fixed_batch_and_bare_models_are_served(client: Client,
+                                                       models_dir: Path) -> None:
+    zipmap = client.submit("iris_zipmap", np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))
+    [sample] = zipmap.result(timeout=30).samples
+    assert sample.outputs["output_label"] == 0
+    assert set(sample.outputs["output_probability"]) == {"0", "1", "2"}
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fixed = client.submit("fixed_batch", x).result(timeout=30)
+    np.testing.assert_array_equal(fixed.column("doubled"), x * 2)
+    pixels, _ = holdout(models_dir)
+    bare = client.submit("bare_digits", pixels[:5]).result(timeout=30)
+    assert bare.samples[0].outputs.keys() == {"label", "probabilities"}
+    np.testing.assert_array_equal(
+        bare.column("label"), in_process(models_dir, "digits", pixels[:5]).argmax(axis=1))
+
+
+def test_the_async_client_mirrors_the_client(settings: Settings, models_dir: Path) -> None:
+    x, _ = holdout(models_dir)
+
+    async def run() -> list[JobResult]:
+        async with AsyncClient(settings=settings) as client:
+            assert "digits" in await client.models()
+            jobs = await client.submit_many("digits", x[:20], job_size=7)
+            assert await client.status(jobs[0].id) in ("queued", "running", "succeeded")
+            return await client.results([job.id for job in jobs], timeout=30)
+
+    results = asyncio.run(run())
+    labels = [label for r in results for label in r.column("label")]
+    assert labels == [str(i) for i in in_process(models_dir, "digits", x[:20]).argmax(axis=1)]
+
+
+def test_a_stored_result_is_never_overwritten(settings: Settings, client: Client,
+                                              worker: Process) -> None:
+    job = client.submit("digits", np.zeros((1, 64), np.float32))
+    first = client.redis.get(keys.result(job.id)) or job.result(timeout=30) and \
+        client.redis.get(keys.result(job.id))
+    from inferfleet.ledger import Ledger
+    from inferfleet.schemas import JobStatus, WireResult
+
+    replay = WireResult(job_id=job.id, model="digits", status=JobStatus.FAILED,
+                        sample_ids=["0"], sample_status=["failure"])
+    assert Ledger(client.redis, ttl_s=60).store_result(replay) is False
+    assert client.redis.get(keys.result(job.id)) == first
