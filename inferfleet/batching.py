@@ -6,8 +6,9 @@ per-sample shapes) never mix. A batch starts at once when nothing else is on its
 waits, up to `max_wait_ms` after its first request, only while there is evidence of more:
 callers have announced jobs they are still decoding (`arriving()`), or the optional
 `backlog(key)` hint (say, messages still queued for that model) is positive. It never
-grows past `max_batch_rows` (a single larger request is run in slices). If the batch function raises, the batch is bisected until each failing row is
-isolated, so one bad row never fails its neighbours.
+grows past `max_batch_rows` (a single larger request is run in slices). If the batch
+function raises, the batch is bisected until each failing row is isolated, so one bad row
+never fails its neighbours.
 """
 
 from __future__ import annotations

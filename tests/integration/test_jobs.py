@@ -11,11 +11,10 @@ import onnxruntime as ort
 import pytest
 from celery import Celery
 
-from inferfleet import AsyncClient, Client, ErrorCode, InvalidInputError, UnknownModelError
-from inferfleet import keys
+from inferfleet import AsyncClient, Client, ErrorCode, InvalidInputError, UnknownModelError, keys
 from inferfleet.codec import encode_array
-from inferfleet.fleet import Process
-from inferfleet.schemas import JobResult
+from inferfleet.ledger import Ledger
+from inferfleet.schemas import JobResult, JobStatus, SampleStatus, WireResult
 from inferfleet.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -45,7 +44,7 @@ def plain_celery(settings: Settings) -> Celery:
 
 def test_a_job_of_one_sample_comes_back_with_its_prediction(client: Client,
                                                             models_dir: Path) -> None:
-    x, y = holdout(models_dir)
+    x, _ = holdout(models_dir)
     result = client.submit("digits", x[:1], session_id="s1").result(timeout=30)
     assert result.status == "succeeded"
     [sample] = result.samples
@@ -226,15 +225,12 @@ def test_the_async_client_mirrors_the_client(settings: Settings, models_dir: Pat
     assert labels == [str(i) for i in in_process(models_dir, "digits", x[:20]).argmax(axis=1)]
 
 
-def test_a_stored_result_is_never_overwritten(settings: Settings, client: Client,
-                                              worker: Process) -> None:
+def test_a_stored_result_is_never_overwritten(client: Client) -> None:
     job = client.submit("digits", np.zeros((1, 64), np.float32))
-    first = client.redis.get(keys.result(job.id)) or job.result(timeout=30) and \
-        client.redis.get(keys.result(job.id))
-    from inferfleet.ledger import Ledger
-    from inferfleet.schemas import JobStatus, WireResult
-
+    assert job.result(timeout=30).status == "succeeded"
+    stored = client.redis.get(keys.result(job.id))
     replay = WireResult(job_id=job.id, model="digits", status=JobStatus.FAILED,
-                        sample_ids=["0"], sample_status=["failure"])
+                        sample_ids=["0"], sample_status=[SampleStatus.FAILURE])
     assert Ledger(client.redis, ttl_s=60).store_result(replay) is False
-    assert client.redis.get(keys.result(job.id)) == first
+    assert client.redis.get(keys.result(job.id)) == stored
+    assert job.status() == "succeeded"
