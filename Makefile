@@ -29,7 +29,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check inferfleet tests scripts bench
+	$(BIN)/ruff check inferfleet tests scripts
 
 mypy: $(STAMP)
 	$(BIN)/mypy

@@ -82,7 +82,7 @@ class QueueBacklog:
             pipe = self.client.pipeline(transaction=False)
             pipe.llen(keys.model_queue(model))
             pipe.llen(keys.DEFAULT_QUEUE)
-            waiting = sum(pipe.execute())
+            waiting = int(sum(pipe.execute()))
         except redis.RedisError:  # only a hint: never let it fail a batch
             waiting = 0
         self._seen[model] = (now, waiting)
