@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from inferfleet.errors import InferfleetError
+from inferfleet.errors import ConfigurationError, InferfleetError
 from inferfleet.settings import Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -86,9 +87,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _wait_for_interrupt() -> None:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored, and then
+    # Python would never raise KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,7 +113,16 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
     from inferfleet.celery_app import make_app
 
     port = settings.flower_port if args.port is None else args.port
-    make_app(settings).start(["flower", f"--port={port}", f"--address={args.address}"])
+    argv = ["flower", f"--port={port}", f"--address={args.address}"]
+    if settings.flower_basic_auth is not None:
+        argv.append(f"--basic-auth={settings.flower_basic_auth.get_secret_value()}")
+    elif ipaddress.ip_address(args.address).is_loopback:
+        # Only this machine can reach it: let its API answer without credentials.
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
+    else:
+        raise ConfigurationError(f"Flower on {args.address} would be open to the network: "
+                                 "set INFERFLEET_FLOWER_BASIC_AUTH=user:password")
+    make_app(settings).start(argv)
     return 0
 
 

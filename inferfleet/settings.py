@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferfleet.errors import ConfigurationError
@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # `inferfleet up`: where the embedded server keeps its AOF, and Flower's port.
     data_dir: Path = Path(".inferfleet")
     flower_port: int = Field(5555, ge=0, le=65535)
+    # "user:password" (comma-separated for several); required for Flower off loopback.
+    flower_basic_auth: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check_redis_url(self) -> Settings:

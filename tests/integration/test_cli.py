@@ -39,9 +39,11 @@ def test_models_lists_the_shipped_models_with_accuracy(tmp_path: Path) -> None:
 
 
 def test_up_runs_redis_workers_and_flower_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
+    # SIGINT ignored on entry, as a shell starts background jobs: `up` must still stop.
     up = subprocess.Popen([sys.executable, "-m", "inferfleet", "up", "--workers", "2"],
                           cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                           env={**os.environ, "INFERFLEET_FLOWER_PORT": str(free_port())})
     try:
         assert up.stdout is not None
