@@ -5,7 +5,8 @@ get a `Future[BatchOutcome]`. One thread per key runs batches, so keys (model, v
 per-sample shapes) never mix. A batch starts at once when nothing else is on its way. It
 waits, up to `max_wait_ms` after its first request, only while there is evidence of more:
 callers have announced jobs they are still decoding (`arriving()`), or the optional
-`backlog(key)` hint (say, messages still queued for that model) is positive. It never
+`backlog(key)` hint (say, messages still queued for that model), asked once per batch, is
+positive. It never
 grows past `max_batch_rows` (a single larger request is run in slices). If the batch
 function raises, the batch is bisected until each failing row is isolated, so one bad row
 never fails its neighbours.
@@ -35,8 +36,6 @@ Array = npt.NDArray[Any]
 Column = Array | list[Any]
 BatchFunction = Callable[[Hashable, Mapping[str, Array]], Mapping[str, Column]]
 BacklogHint = Callable[[Hashable], int]
-#: How often a waiting batch asks the backlog hint again (it cannot notify).
-BACKLOG_POLL_S = 0.001
 
 
 @dataclass
@@ -159,16 +158,13 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             deadline = lane.pending[0].enqueued_at + self.max_wait_s
-        while True:
-            backlog = self._backlog(key) if self._backlog and not self._arriving else 0
-            with self._cond:
-                remaining = deadline - time.monotonic()
-                if (not (self._arriving or backlog) or remaining <= 0
-                        or _rows(lane.pending) >= self.max_batch_rows):
-                    return self._take(lane)
-                # Announced jobs notify on arrival; a backlog hint must be asked again.
-                self._cond.wait(remaining if self._arriving else min(remaining,
-                                                                     BACKLOG_POLL_S))
+        # Asked outside the lock: the hint may do I/O, and submitters must not wait on it.
+        backlog = self._backlog(key) if self._backlog and not self._arriving else 0
+        with self._cond:
+            while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows
+                   and (remaining := deadline - time.monotonic()) > 0):
+                self._cond.wait(remaining)
+            return self._take(lane)
 
     def _take(self, lane: _Lane) -> list[_Request]:
         batch = [lane.pending.popleft()]

@@ -6,6 +6,7 @@ from celery import Celery
 
 from inferfleet import keys
 from inferfleet.settings import Settings
+from inferfleet.transport import TRANSPORT_PATH
 
 
 def make_app(settings: Settings) -> Celery:
@@ -15,6 +16,7 @@ def make_app(settings: Settings) -> Celery:
     socket = {"socket_timeout": settings.socket_timeout_s,
               "socket_connect_timeout": settings.socket_timeout_s}
     app.conf.update(
+        broker_transport=TRANSPORT_PATH,
         # JSON only: pickle is never accepted, in either direction.
         task_serializer="json", result_serializer="json", accept_content=["json"],
         result_accept_content=["json"],

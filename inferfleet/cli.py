@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from inferfleet.errors import ConfigurationError, InferfleetError
 from inferfleet.settings import Settings, load_settings
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="embedded Redis + workers + Flower on this machine")
-    up.add_argument("--workers", type=int, default=1, help="worker processes")
+    up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes (default: one per core; each is GIL-bound)")
     up.add_argument("--no-flower", action="store_true")
     up.set_defaults(run=_up)
 
@@ -70,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the models in the models folder")
     models.set_defaults(run=_models)
+
+    bench = sub.add_parser("bench", help="throughput and latency: raw ONNX Runtime, a "
+                                         "plain Celery task per sample, and the fleet")
+    bench.add_argument("--models", default="digits,digits_mlp")
+    bench.add_argument("--repeat", type=int, default=3)
+    bench.add_argument("--scale", type=float, default=1.0,
+                       help="multiplies every sample count (0.01 for a smoke run)")
+    bench.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="fleet worker processes (default: one per core)")
+    bench.add_argument("--markdown", type=Path, help="write the results table here")
+    bench.add_argument("--plot", type=Path, help="write a PNG plot here")
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -139,6 +153,24 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
                 counts[sample.status.value] = counts.get(sample.status.value, 0) + 1
             print(json.dumps({"model": result.model, "samples": counts,
                               "latency_ms": result.latency_ms}, indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.bench.report import markdown, plot, targets
+    from inferfleet.bench.runner import BenchOptions, run_bench
+
+    options = BenchOptions(models=tuple(args.models.split(",")), repeat=args.repeat,
+                           scale=args.scale, workers=args.workers)
+    result = run_bench(settings, options)
+    table = markdown(result)
+    checks = "\n".join(target.line() for target in targets(result))
+    print(f"\n{table}\n\nTargets (medians of {args.repeat}):\n{checks}")
+    if args.markdown:
+        args.markdown.write_text(f"{table}\n\nTargets (medians of {args.repeat}):\n"
+                                 f"{checks}\n")
+    if args.plot:
+        plot(result, args.plot)
     return 0
 
 

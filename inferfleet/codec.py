@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -114,10 +114,17 @@ def _from_values(
 
 
 def encode_column(column: object) -> EncodedArray | list[Any]:
-    """The wire form of one output column: an encoded array when numeric, else a list."""
-    if isinstance(column, np.ndarray) and column.dtype.name in WIRE_DTYPES:
-        return encode_array(column)
-    return [_json_value(item) for item in column]  # type: ignore[attr-defined]
+    """The wire form of one output column: an encoded array when numeric, else a list.
+
+    Lists are passed through as they are (ONNX Runtime and postprocessing give JSON-ready
+    values); whatever numpy values remain inside are converted by `json_fallback` when the
+    result is serialised, so no per-element walk happens here.
+    """
+    if isinstance(column, np.ndarray):
+        if column.dtype.name in WIRE_DTYPES:
+            return encode_array(column)
+        return column.tolist()  # type: ignore[no-any-return]
+    return column if isinstance(column, list) else list(column)  # type: ignore[call-overload]
 
 
 def decode_column(column: object, *, what: str) -> npt.NDArray[Any] | list[Any]:
@@ -133,15 +140,16 @@ def decode_column(column: object, *, what: str) -> npt.NDArray[Any] | list[Any]:
     raise WireFormatError(f"{what} must be an encoded array or a list")
 
 
-def _json_value(item: object) -> Any:
-    if isinstance(item, Mapping):
-        return {str(_json_value(k)): _json_value(v) for k, v in item.items()}
+def json_fallback(item: object) -> Any:
+    """JSON for the numpy values and bytes a model's list outputs may hold.
+
+    Raises:
+        TypeError: for anything else, as `json.dumps` would.
+    """
     if isinstance(item, np.ndarray):
         return item.tolist()
     if isinstance(item, np.generic):
         return item.item()
     if isinstance(item, bytes):
         return item.decode("utf-8", "replace")
-    if isinstance(item, Sequence) and not isinstance(item, str):
-        return [_json_value(v) for v in item]
-    return item
+    raise TypeError(f"{type(item).__name__} is not JSON serialisable")

@@ -26,11 +26,12 @@ logger = logging.getLogger(__name__)
 Process = subprocess.Popen[bytes]
 
 
-def spawn(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> Process:
-    """Start `python -m inferfleet ARGS` in its own process group, output to `log_path`."""
+def spawn(args: Sequence[str], *, env: Mapping[str, str], log_path: Path,
+          module: str = "inferfleet") -> Process:
+    """Start `python -m MODULE ARGS` in its own process group, output to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "inferfleet", *args], env=dict(env),
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=dict(env),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -50,7 +51,8 @@ def stop_processes(processes: Sequence[Process], *, timeout_s: float = 20.0) -> 
 
 def wait_for_workers(settings: Settings, names: Sequence[str], *, timeout_s: float,
                      processes: Sequence[Process] = ()) -> None:
-    """Block until a worker whose node name starts with each of `names` answers a ping.
+    """Block until a Celery worker (of any app) on `settings.redis_url` whose node name
+    starts with each of `names` answers a ping.
 
     Raises:
         ServerError: if one of `processes` exits, or the workers are not ready in time.

@@ -34,6 +34,17 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+#: Prefix of the lists producers name in a job's `notify` field; the worker pushes the job
+#: id there once its result is stored. Other keys are refused, so a message cannot make a
+#: worker write where it likes.
+NOTIFY_PREFIX = f"{PREFIX}:notify:"
+
+
+def notify_list(owner: str) -> str:
+    """The completion list of one producer (a `Client`)."""
+    return f"{NOTIFY_PREFIX}{owner}"
+
+
 def doorbell(job_id: str) -> str:
     """A short list pushed once the result is stored, so that one waiter can BLPOP it."""
     return f"{PREFIX}:done:{job_id}"

@@ -10,6 +10,7 @@ them into one `SampleResult` per sample.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -82,6 +83,9 @@ class JobRequest(BaseModel):
     sample_ids: list[str] | None = None
     submitted_at: float | None = None
     deadline_at: float | None = None
+    #: A list the worker pushes the job id onto once the result is stored; it must start
+    #: with `inferfleet:notify:`.
+    notify: str | None = Field(None, pattern=r"^inferfleet:notify:[A-Za-z0-9_.:-]{1,100}$")
 
 
 class JobTimings(BaseModel):
@@ -128,7 +132,8 @@ class SampleResult(BaseModel):
 
 
 class JobResult(BaseModel):
-    """A job's terminal result, one `SampleResult` per sample, in submission order."""
+    """A job's terminal result: `samples` has one `SampleResult` per sample, in submission
+    order; `column(name)` has one output for all of them at once."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -137,7 +142,9 @@ class JobResult(BaseModel):
     model_version: str | None
     session_id: str | None
     status: JobStatus
-    samples: list[SampleResult]
+    sample_ids: list[str]
+    sample_status: list[SampleStatus]
+    errors: list[SampleError] = Field(default_factory=list)
     error: ErrorInfo | None = None
     latency_ms: float | None = None
     timings: JobTimings
@@ -153,6 +160,20 @@ class JobResult(BaseModel):
         """
         return self._columns[name]
 
+    @cached_property
+    def samples(self) -> list[SampleResult]:
+        """One `SampleResult` per sample, built on first use (reading many results in
+        bulk through `column` never pays for them)."""
+        errors = {error.index: ErrorInfo(code=error.code, message=error.message)
+                  for error in self.errors}
+        return [SampleResult.model_construct(
+            sample_id=sample_id, job_id=self.job_id, status=status,
+            outputs=({name: _row(column, index) for name, column in self._columns.items()}
+                     if status is SampleStatus.SUCCESS else {}),
+            error=errors.get(index), latency_ms=self.latency_ms,
+        ) for index, (sample_id, status) in enumerate(zip(self.sample_ids, self.sample_status,
+                                                          strict=True))]
+
     @classmethod
     def from_wire(cls, payload: dict[str, Any]) -> JobResult:
         """Decode a stored `WireResult` dict.
@@ -161,33 +182,10 @@ class JobResult(BaseModel):
             pydantic.ValidationError, WireFormatError: if the payload is not a result.
         """
         wire = WireResult.model_validate(payload)
-        columns = {
-            name: decode_column(column, what=f"outputs[{name!r}]")
-            for name, column in wire.outputs.items()
-        }
-        result = cls(
-            job_id=wire.job_id, model=wire.model, model_version=wire.model_version,
-            session_id=wire.session_id, status=wire.status, error=wire.error,
-            latency_ms=wire.latency_ms, timings=wire.timings, providers=wire.providers,
-            batch_ids=wire.batch_ids, samples=_samples_of(wire, columns),
-        )
-        result._columns = columns
+        result = cls.model_construct(**{name: getattr(wire, name) for name in cls.model_fields})
+        result._columns = {name: decode_column(column, what=f"outputs[{name!r}]")
+                           for name, column in wire.outputs.items()}
         return result
-
-
-def _samples_of(wire: WireResult, columns: dict[str, Any]) -> list[SampleResult]:
-    errors = {error.index: ErrorInfo(code=error.code, message=error.message)
-              for error in wire.errors}
-    samples = []
-    for index, (sample_id, status) in enumerate(zip(wire.sample_ids, wire.sample_status,
-                                                    strict=True)):
-        outputs = ({name: _row(column, index) for name, column in columns.items()}
-                   if status is SampleStatus.SUCCESS else {})
-        samples.append(SampleResult.model_construct(
-            sample_id=sample_id, job_id=wire.job_id, status=status, outputs=outputs,
-            error=errors.get(index), latency_ms=wire.latency_ms,
-        ))
-    return samples
 
 
 def _row(column: Any, index: int) -> Any:

@@ -29,14 +29,14 @@ def postprocess(outputs: dict[str, Column], config: PostprocessConfig | None,
     if config.softmax:
         scores = softmax(scores)
     k = min(config.top_k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k] if k > 1 else \
+        scores.argmax(axis=1)[:, None]
     top_scores = np.take_along_axis(scores, top, axis=1).astype(np.float32)
     result = dict(outputs)
     result["label"] = _labels_of(top[:, 0], labels)
     result["score"] = top_scores[:, 0]
     if k > 1:
-        result["top_k_labels"] = [list(row) for row in zip(
-            *(_labels_of(top[:, j], labels) for j in range(k)), strict=True)]
+        result["top_k_labels"] = _labels_of(top, labels)
         result["top_k_scores"] = top_scores
     return result
 
@@ -48,6 +48,8 @@ def softmax(scores: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def _labels_of(indices: npt.NDArray[Any], labels: list[str] | None) -> Column:
+    """Label names for class indices (any shape), as nested lists; the indices when the
+    model has no label names."""
     if labels is None:
         return indices.astype(np.int64)
     return np.asarray(labels, dtype=object)[indices].tolist()  # type: ignore[no-any-return]

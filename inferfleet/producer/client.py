@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -20,7 +20,7 @@ from kombu import Queue
 from inferfleet import keys
 from inferfleet.celery_app import make_app
 from inferfleet.errors import BadArgumentError, ResultTimeoutError, UnknownModelError
-from inferfleet.ledger import Ledger
+from inferfleet.ledger import Ledger, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult
@@ -31,6 +31,8 @@ from inferfleet.validation import Limits, SampleColumn
 PUBLISH_CHUNK_JOBS = 64
 #: How long one BLPOP on a doorbell may block before the result is read again.
 _DOORBELL_SLICE_S = 1.0
+#: How long a published signature is trusted before it is read again.
+SIGNATURE_TTL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Client:
         self._limits = Limits(max_job_samples=settings.max_job_samples,
                               max_sample_elements=settings.max_sample_elements)
         self._queues: dict[str, Queue] = {}
+        self._signatures: dict[str, tuple[float, ModelSignature]] = {}
+        self.notify_list = keys.notify_list(uuid.uuid4().hex)
 
     def __enter__(self) -> Client:
         return self
@@ -93,16 +97,21 @@ class Client:
                 for name, value in raw.items()}
 
     def signature(self, model: str) -> ModelSignature:
-        """The published signature of `model`.
+        """The published signature of `model` (read again after `SIGNATURE_TTL_S`).
 
         Raises:
             UnknownModelError: if no worker has published it.
         """
+        cached = self._signatures.get(model)
+        if cached is not None and time.monotonic() - cached[0] < SIGNATURE_TTL_S:
+            return cached[1]
         raw = self.redis.hget(keys.MODELS_HASH, model)
         if raw is None:
             raise UnknownModelError(model, "no worker has published it; start a worker that "
                                            "serves it, or submit with validate=False")
-        return ModelSignature.model_validate_json(raw)
+        signature = ModelSignature.model_validate_json(raw)
+        self._signatures[model] = (time.monotonic(), signature)
+        return signature
 
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
@@ -140,17 +149,24 @@ class Client:
         _check_model_name(model)
         signature = self.signature(model) if validate else None
         columns: dict[str | None, SampleColumn] = as_columns(samples, signature)
-        if signature is not None:
-            columns = {name: array for name, array in
-                       checked_inputs(columns, signature, self._limits).items()}
         total = n_samples(columns)
         if total == 0:
             raise BadArgumentError("no samples to submit")
-        ids = _sample_ids(sample_ids, total)
         size = job_size or total
+        if size > self._limits.max_job_samples:
+            raise BadArgumentError(
+                f"a job of {size} samples is over max_job_samples="
+                f"{self._limits.max_job_samples}; use submit_many with a smaller job_size")
+        if signature is not None:
+            # Every sample is checked here; the per-job limit was checked just above.
+            limits = replace(self._limits, max_job_samples=total)
+            columns = {name: array for name, array in
+                       checked_inputs(columns, signature, limits).items()}
+        ids = _sample_ids(sample_ids, total)
         submitted_at = time.time()
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
                   "session_id": session_id, "submitted_at": submitted_at,
+                  "notify": self.notify_list,
                   "deadline_at": None if deadline_s is None else submitted_at + deadline_s}
         jobs: list[Job] = []
         for chunk_start in range(0, total, size * PUBLISH_CHUNK_JOBS):
@@ -211,27 +227,19 @@ class Client:
             self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, _DOORBELL_SLICE_S))
 
     def results(self, job_ids: Iterable[str], *, timeout: float = 300.0) -> list[JobResult]:
-        """Terminal results of many jobs, in the order given, read with batched MGETs.
+        """Terminal results of many jobs, in the order given.
+
+        Jobs submitted by this client are waited for on its notify list (no polling);
+        others are read directly once a second. One `results` call at a time per client
+        is fastest: concurrent calls share the list and fall back on those reads.
 
         Raises:
-            ResultTimeoutError: naming the first job still without a result after `timeout`.
+            ResultTimeoutError: naming a job still without a result after `timeout`.
         """
         ids = list(job_ids)
-        found: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        pause_s = 0.001
-        while len(found) < len(ids):
-            missing = [job_id for job_id in ids if job_id not in found]
-            before = len(found)
-            for start in range(0, len(missing), 1000):
-                found.update(self._ledger.read_results(missing[start:start + 1000]))
-            if len(found) == len(ids):
-                break
-            if time.monotonic() > deadline:
-                raise ResultTimeoutError(next(i for i in ids if i not in found), timeout)
-            pause_s = 0.001 if len(found) > before else min(pause_s * 2, 0.05)
-            time.sleep(pause_s)
-        return [JobResult.from_wire(found[job_id]) for job_id in ids]
+        landed = self._ledger.iter_notified_results(ids, self.notify_list, timeout_s=timeout)
+        found = {job_id: JobResult.from_wire(payload_of(raw)) for job_id, raw in landed}
+        return [found[job_id] for job_id in ids]
 
     def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (unknown and expired ids)."""

@@ -65,28 +65,81 @@ class ModelPool:
 
 class QueueBacklog:
     """How many messages still wait in Redis for a batch key's model: the batcher's hint
-    that holding a batch open will pay. Asked at most once per `max_age_s` per model."""
+    that holding a batch open will pay.
 
-    def __init__(self, client: redis.Redis, *, max_age_s: float = 0.001) -> None:
+    Answered from memory, never with a round trip on the batch's path: a background thread
+    refreshes the queue lengths every `REFRESH_S` for the models asked about in the last
+    `ACTIVE_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
+    """
+
+    REFRESH_S = 0.002
+    ACTIVE_S = 1.0
+
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.max_age_s = max_age_s
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._waiting: dict[str, int] = {}
+        self._asked: dict[str, float] = {}
+        self._wake = threading.Event()
+        threading.Thread(target=self._refresh, name="queue-backlog", daemon=True).start()
 
     def __call__(self, key: Hashable) -> int:
         model = str(key[0])  # type: ignore[index]
-        now = time.monotonic()
-        seen = self._seen.get(model)
-        if seen is not None and now - seen[0] < self.max_age_s:
-            return seen[1]
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.llen(keys.model_queue(model))
-            pipe.llen(keys.DEFAULT_QUEUE)
-            waiting = int(sum(pipe.execute()))
-        except redis.RedisError:  # only a hint: never let it fail a batch
-            waiting = 0
-        self._seen[model] = (now, waiting)
-        return waiting
+        self._asked[model] = time.monotonic()
+        self._wake.set()
+        return self._waiting.get(model, 0)
+
+    def _refresh(self) -> None:
+        while True:
+            self._wake.wait()
+            now = time.monotonic()
+            active = [m for m, at in list(self._asked.items()) if now - at < self.ACTIVE_S]
+            if not active:
+                self._wake.clear()
+                self._waiting = {}
+                continue
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for model in active:
+                    pipe.llen(keys.model_queue(model))
+                pipe.llen(keys.DEFAULT_QUEUE)
+                *lengths, shared = pipe.execute()
+                self._waiting = {model: int(n) + int(shared)
+                                 for model, n in zip(active, lengths, strict=True)}
+            except redis.RedisError:  # only a hint: never let it fail a batch
+                self._waiting = {}
+            time.sleep(self.REFRESH_S)
+
+
+class RunningMarks:
+    """Marks jobs running in the ledger from one background thread, many per round trip,
+    so that no job waits on it (the ledger's guard keeps terminal states terminal)."""
+
+    #: Pause between flushes, so that marks gather instead of waking the thread per job.
+    FLUSH_EVERY_S = 0.002
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._cond = threading.Condition()
+        self._pending: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="running-marks", daemon=True)
+        self._thread.start()
+
+    def mark(self, job_id: str) -> None:
+        with self._cond:
+            self._pending.append(job_id)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                job_ids, self._pending = self._pending, []
+            try:
+                self.ledger.mark_running(job_ids)
+            except redis.RedisError:  # a state for `status`, never worth failing a job
+                logger.warning("could not mark %d job(s) running", len(job_ids), exc_info=True)
+            time.sleep(self.FLUSH_EVERY_S)
 
 
 @dataclass
@@ -104,6 +157,7 @@ class InferenceService:
         self.settings = settings
         self.client = client
         self.ledger = Ledger(client, ttl_s=settings.result_ttl_s)
+        self.running = RunningMarks(self.ledger)
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process())
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
@@ -132,7 +186,7 @@ class InferenceService:
                positional_args: int = 0) -> WireResult:
         """Run one job to its terminal result and store it (once)."""
         started = time.time()
-        self.ledger.mark_running(job_id)
+        self.running.mark(job_id)
         with self.batcher.arriving():
             prepared = failed_result(
                 job_id, kwargs, ErrorCode.BAD_REQUEST,
@@ -141,7 +195,7 @@ class InferenceService:
                 self._prepare(job_id, kwargs, started)
         result = prepared if isinstance(prepared, WireResult) else \
             self._finish(job_id, prepared, started)
-        if not self.ledger.store_result(result):
+        if not self.ledger.store_result(result, notify=_notify_list(kwargs)):
             logger.warning("job %s already had a terminal result; kept the first", job_id)
         return result
 
@@ -211,6 +265,14 @@ class InferenceService:
         model = self.pool.get(key[0])  # type: ignore[index]
         config = self.pool.registry.entry(key[0]).config  # type: ignore[index]
         return postprocess(model.run(inputs), config.postprocess, model.signature.labels)
+
+
+def _notify_list(kwargs: dict[str, Any]) -> str | None:
+    """The request's notify list, only if it is one a producer may name."""
+    notify = kwargs.get("notify")
+    if isinstance(notify, str) and notify.startswith(keys.NOTIFY_PREFIX) and len(notify) < 200:
+        return notify
+    return None
 
 
 def _batch_key(request: JobRequest, inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:

@@ -11,7 +11,15 @@ import onnxruntime as ort
 import pytest
 from celery import Celery
 
-from inferfleet import AsyncClient, Client, ErrorCode, InvalidInputError, UnknownModelError, keys
+from inferfleet import (
+    AsyncClient,
+    BadArgumentError,
+    Client,
+    ErrorCode,
+    InvalidInputError,
+    UnknownModelError,
+    keys,
+)
 from inferfleet.codec import encode_array
 from inferfleet.ledger import Ledger
 from inferfleet.schemas import JobResult, JobStatus, SampleStatus, WireResult
@@ -234,3 +242,24 @@ def test_a_stored_result_is_never_overwritten(client: Client) -> None:
     assert Ledger(client.redis, ttl_s=60).store_result(replay) is False
     assert client.redis.get(keys.result(job.id)) == stored
     assert job.status() == "succeeded"
+
+
+def test_results_of_more_jobs_than_one_poll_window_all_come_back_in_order(
+        client: Client) -> None:
+    from inferfleet.ledger import POLL_WINDOW
+
+    x = np.random.default_rng(1).random((POLL_WINDOW * 2 + 7, 64), dtype=np.float32)
+    jobs = client.submit_many("digits", x, job_size=1)
+    results = client.results([job.id for job in jobs], timeout=120)
+    assert [r.job_id for r in results] == [job.id for job in jobs]
+    assert all(r.status == "succeeded" for r in results)
+
+
+def test_submit_many_may_carry_more_samples_than_one_job_may(settings: Settings,
+                                                             client: Client) -> None:
+    x = np.zeros((settings.max_job_samples + 1, 64), np.float32)
+    jobs = client.submit_many("digits", x, job_size=settings.max_job_samples)
+    assert [job.n_samples for job in jobs] == [settings.max_job_samples, 1]
+    client.results([job.id for job in jobs], timeout=120)
+    with pytest.raises(BadArgumentError, match="over max_job_samples"):
+        client.submit("digits", x)

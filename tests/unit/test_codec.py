@@ -1,5 +1,6 @@
 import base64
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 from inferfleet.codec import WIRE_DTYPES, decode_array, decode_column, encode_array, encode_column
 from inferfleet.errors import ErrorCode, WireFormatError
+from inferfleet.ledger import celery_meta
+from inferfleet.schemas import JobStatus, SampleStatus, WireResult
 
 
 @pytest.mark.parametrize("dtype", sorted(WIRE_DTYPES))
@@ -59,8 +62,13 @@ def test_encoding_a_dtype_without_a_wire_form_is_refused() -> None:
 
 def test_non_numeric_columns_travel_as_json_lists() -> None:
     zipmap = [{np.int64(0): np.float32(0.25), 1: 0.75}]
-    assert encode_column(zipmap) == [{"0": 0.25, "1": 0.75}]
-    assert encode_column(np.array(["a", "b"], dtype=object)) == ["a", "b"]
+    wire = WireResult(job_id="j", model="m", status=JobStatus.SUCCEEDED, sample_ids=["0"],
+                      sample_status=[SampleStatus.SUCCESS],
+                      outputs={"p": encode_column(zipmap),
+                               "names": encode_column(np.array(["a"], dtype=object))})
+    stored = json.loads(celery_meta(wire))
+    assert stored["status"] == "SUCCESS"
+    assert stored["result"]["outputs"] == {"p": [{"0": 0.25, "1": 0.75}], "names": ["a"]}
     assert decode_column(["x"], what="c") == ["x"]
 
 

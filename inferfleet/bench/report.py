@@ -1,0 +1,131 @@
+"""Tables, target ratios and plots of a `BenchResult`."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from inferfleet.bench.measure import Summary
+from inferfleet.bench.runner import BenchResult
+
+HEAVY, SMALL = "digits_mlp", "digits"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets, checked against a run."""
+
+    text: str
+    value: float
+    goal: float
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
+
+    def line(self) -> str:
+        mark = "met" if self.met else "NOT met"
+        return f"- {self.text}: {self.value:.2f} (goal {'>=' if self.higher_is_better else '<='}" \
+               f" {self.goal:g}) {mark}"
+
+
+def _find(result: BenchResult, model: str, pattern: str) -> list[Summary]:
+    return [s for s in result.summaries if s.model == model and re.fullmatch(pattern, s.scenario)]
+
+
+def _rate(result: BenchResult, model: str, pattern: str) -> float:
+    found = _find(result, model, pattern)
+    return max((s.rate for s in found), default=math.nan)
+
+
+def targets(result: BenchResult) -> list[Target]:
+    """The issue's targets that this run measured."""
+    checks = []
+    for model, goal in ((HEAVY, 0.60), (SMALL, 0.25)):
+        best = _rate(result, model, r"raw batch \d+")
+        bulk = _rate(result, model, r"fleet bulk .*")
+        if not math.isnan(best * bulk):
+            checks.append(Target(f"{model}: bulk / raw best batch", bulk / best, goal))
+    naive = _rate(result, HEAVY, "naive")
+    single = _rate(result, HEAVY, "fleet single-sample jobs")
+    if not math.isnan(naive * single):
+        checks.append(Target(f"{HEAVY}: single-sample jobs / naive", single / naive, 3.0))
+    for model in (SMALL, HEAVY):
+        naive_p50 = [s.p50_ms for s in _find(result, model, "naive latency, 1 in flight")]
+        fleet_p50 = [s.p50_ms for s in _find(result, model, "fleet latency, 1 in flight")]
+        if naive_p50 and fleet_p50:
+            checks.append(Target(f"{model}: light-load p50 fleet / naive",
+                                 fleet_p50[0] / naive_p50[0], 1.0, higher_is_better=False))
+    return checks
+
+
+def markdown(result: BenchResult) -> str:
+    """A table of every summary with ratios to raw best batch and to naive."""
+    lines = ["| model | scenario | samples/s | p50 ms | p99 ms | vs raw best | vs naive |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in result.summaries:
+        best = _rate(result, s.model, r"raw batch \d+")
+        naive = _rate(result, s.model, "naive")
+        latency = "load" in s.scenario or "latency" in s.scenario
+        lines.append(
+            f"| {s.model} | {s.scenario} | {s.rate:,.0f} | {_ms(s.p50_ms)} | {_ms(s.p99_ms)} | "
+            f"{'' if latency else _pct(s.rate / best)} | "
+            f"{'' if latency else _times(s.rate / naive)} |")
+    return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def _pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1%}"
+
+
+def _times(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}x"
+
+
+def plot(result: BenchResult, path: Path) -> None:
+    """Throughput per scenario and model (log scale), and latency against offered load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({s.model for s in result.summaries})
+    figure, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5.5))
+    names = ["raw best", "naive", "fleet single-sample jobs", "fleet bulk",
+             "drain naive", "drain fleet single-sample", "drain fleet bulk"]
+    width = 0.8 / max(1, len(models))
+    for index, model in enumerate(models):
+        rates = [max(_rate(result, model, r"raw batch \d+"), 0),
+                 *(_rate(result, model, re.escape(n) + ".*") for n in names[1:])]
+        xs = [i + index * width for i in range(len(names))]
+        bars.bar(xs, [0 if math.isnan(r) else r for r in rates], width, label=model)
+    bars.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(names))])
+    bars.set_xticklabels(names, rotation=30, ha="right")
+    bars.set_yscale("log")
+    bars.set_ylabel("samples/s (log)")
+    bars.set_title("Throughput, producer + Redis + workers on one machine")
+    bars.legend()
+    for model in models:
+        for system in ("naive", "fleet"):
+            points = sorted((float(s.scenario.split()[2].rstrip("/s")), s.p50_ms, s.p99_ms)
+                            for s in _find(result, model, f"{system} load .*"))
+            if points:
+                lines.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                           label=f"{model} {system} p50")
+                lines.plot([p[0] for p in points], [p[2] for p in points], linestyle="--",
+                           marker="x", label=f"{model} {system} p99")
+    lines.set_xlabel("offered load, single-sample jobs/s")
+    lines.set_ylabel("end-to-end latency, ms (log)")
+    lines.set_yscale("log")
+    lines.set_title("Latency against offered load")
+    lines.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
