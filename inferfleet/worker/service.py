@@ -68,35 +68,30 @@ class QueueBacklog:
     that holding a batch open will pay.
 
     Answered from memory, never with a round trip on the batch's path: a background thread
-    refreshes the queue lengths every `REFRESH_S` for the models asked about in the last
-    `ACTIVE_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
+    reads the queue lengths of the models asked about since its last read, at most every
+    `REFRESH_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
     """
 
-    REFRESH_S = 0.002
-    ACTIVE_S = 1.0
+    REFRESH_S = 0.005
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._waiting: dict[str, int] = {}
-        self._asked: dict[str, float] = {}
+        self._asked: set[str] = set()
         self._wake = threading.Event()
         threading.Thread(target=self._refresh, name="queue-backlog", daemon=True).start()
 
     def __call__(self, key: Hashable) -> int:
         model = str(key[0])  # type: ignore[index]
-        self._asked[model] = time.monotonic()
+        self._asked.add(model)
         self._wake.set()
         return self._waiting.get(model, 0)
 
     def _refresh(self) -> None:
         while True:
             self._wake.wait()
-            now = time.monotonic()
-            active = [m for m, at in list(self._asked.items()) if now - at < self.ACTIVE_S]
-            if not active:
-                self._wake.clear()
-                self._waiting = {}
-                continue
+            self._wake.clear()
+            active, self._asked = list(self._asked), set()
             try:
                 pipe = self.client.pipeline(transaction=False)
                 for model in active:
@@ -114,8 +109,9 @@ class RunningMarks:
     """Marks jobs running in the ledger from one background thread, many per round trip,
     so that no job waits on it (the ledger's guard keeps terminal states terminal)."""
 
-    #: Pause between flushes, so that marks gather instead of waking the thread per job.
-    FLUSH_EVERY_S = 0.002
+    #: Pause between flushes, so that marks gather instead of waking the thread per job
+    #: (a job may read "queued" this much longer than it is).
+    FLUSH_EVERY_S = 0.02
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
