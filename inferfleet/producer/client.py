@@ -1,8 +1,9 @@
 """`Client`: submit jobs, read their results and states; no worker or ONNX Runtime code.
 
-Jobs are published with kombu's pipelined batch (one LPUSH per job, one round trip per
-chunk of jobs) after their ledger records, and results are read from Redis directly: a
-GET, then a BLPOP on the job's doorbell, never a per-job pub/sub subscription.
+Each job's message goes out in one pipeline with its ledger record (one round trip per
+chunk of jobs, see `publish`), and results are read from Redis directly: a GET, then a
+BLPOP on the job's doorbell, or the client's notify list for many jobs; never a per-job
+pub/sub subscription.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
-from kombu import Queue
 
 from inferfleet import keys
 from inferfleet.celery_app import make_app
@@ -23,6 +23,7 @@ from inferfleet.errors import BadArgumentError, ResultTimeoutError, UnknownModel
 from inferfleet.ledger import Ledger, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
+from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult
 from inferfleet.settings import Settings, load_settings
 from inferfleet.validation import Limits, SampleColumn
@@ -75,7 +76,6 @@ class Client:
         self._ledger = Ledger(self.redis, ttl_s=settings.result_ttl_s)
         self._limits = Limits(max_job_samples=settings.max_job_samples,
                               max_sample_elements=settings.max_sample_elements)
-        self._queues: dict[str, Queue] = {}
         self._signatures: dict[str, tuple[float, ModelSignature]] = {}
         self.notify_list = keys.notify_list(uuid.uuid4().hex)
 
@@ -183,32 +183,19 @@ class Client:
 
     def _publish(self, model: str, session_id: str | None, messages: list[_Message],
                  submitted_at: float) -> None:
-        # The ledger goes first, so that a fast worker never finds a job it cannot place.
+        # Each ledger record precedes its message in the pipeline, so that a fast worker
+        # never finds a job it cannot place.
+        queue = keys.model_queue(model)
         pipe = self.redis.pipeline(transaction=False)
         for message in messages:
             self._ledger.record_queued(pipe, message.job_id, model=model,
                                        session_id=session_id, n_samples=message.samples,
                                        submitted_at=submitted_at)
+            # The repr Flower shows; given so that nothing reprs the arrays.
+            kwargsrepr = f"{{model: {model!r}, samples: {message.samples}}}"
+            pipe.lpush(queue, task_envelope(self._app, message.job_id, queue, message.kwargs,
+                                            kwargsrepr))
         pipe.execute()
-        queue = self._queue(model)
-        with self._app.producer_or_acquire() as producer, \
-                producer.batch(max_size=len(messages)):
-            for message in messages:
-                # ignore_result: results are read from Redis without the per-task
-                # SUBSCRIBE that Celery's result backend would open; reprs are given so
-                # that Celery does not saferepr the arrays.
-                self._app.send_task(
-                    keys.TASK_NAME, kwargs=message.kwargs, task_id=message.job_id,
-                    producer=producer, queue=queue,  # type: ignore[arg-type]  # Celery takes a Queue too
-                    ignore_result=True, argsrepr="()",
-                    kwargsrepr=f"{{model: {model!r}, samples: {message.samples}}}")
-
-    def _queue(self, model: str) -> Queue:
-        queue = self._queues.get(model)
-        if queue is None:
-            name = keys.model_queue(model)
-            queue = self._queues[model] = Queue(name, routing_key=name)
-        return queue
 
     def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
         """The terminal result of any job, by its task id.

@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from inferfleet import keys
-from inferfleet.batching import BatchOutcome, MicroBatcher
+from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, UnknownModelError, WireFormatError
 from inferfleet.ledger import Ledger
 from inferfleet.models.postprocess import Column, postprocess
@@ -183,20 +183,20 @@ class InferenceService:
         """Run one job to its terminal result and store it (once)."""
         started = time.time()
         self.running.mark(job_id)
-        with self.batcher.arriving():
+        with self.batcher.arriving() as arrival:
             prepared = failed_result(
                 job_id, kwargs, ErrorCode.BAD_REQUEST,
                 f"{keys.TASK_NAME} takes keyword arguments only (the wire schema); got "
                 f"{positional_args} positional") if positional_args else \
-                self._prepare(job_id, kwargs, started)
+                self._prepare(job_id, kwargs, started, arrival)
         result = prepared if isinstance(prepared, WireResult) else \
             self._finish(job_id, prepared, started)
         if not self.ledger.store_result(result, notify=_notify_list(kwargs)):
             logger.warning("job %s already had a terminal result; kept the first", job_id)
         return result
 
-    def _prepare(self, job_id: str, kwargs: dict[str, Any],
-                 started: float) -> _Prepared | WireResult:
+    def _prepare(self, job_id: str, kwargs: dict[str, Any], started: float,
+                 arrival: Arrival) -> _Prepared | WireResult:
         try:
             request = JobRequest.model_validate(kwargs)
         except ValidationError as exc:
@@ -222,7 +222,8 @@ class InferenceService:
             return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST, "the job has no samples")
         future = None
         if len(job.valid_index):
-            future = self.batcher.submit(_batch_key(request, job.inputs), job.inputs)
+            future = self.batcher.submit(_batch_key(request, job.inputs), job.inputs,
+                                         arrival=arrival)
         return _Prepared(request, model, job, future)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:

@@ -1,58 +1,81 @@
 import threading
 import time
 from collections.abc import Hashable, Mapping
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
 
-from inferfleet.batching import MicroBatcher
+from inferfleet.batching import BatchOutcome, MicroBatcher
 from inferfleet.errors import BatchContractError
 
 
 class RecordingModel:
-    """Doubles its input; records every call's key and row count; raises on a poison row."""
+    """Doubles its input; records every call's key and row count; raises on a poison row.
+
+    While `release` is clear, a call for a key in `held` blocks (after setting `entered`),
+    so that tests can hold a key busy and queue requests behind it.
+    """
 
     def __init__(self, poison: float | None = None) -> None:
-        self.calls: list[tuple[Hashable, int]] = []
+        self.calls: list[tuple[Hashable, int, str]] = []
         self.poison = poison
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()
+        self.held: set[Hashable] = set()
 
     def __call__(self, key: Hashable, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.release.wait(5)
+        if key in self.held:
+            self.entered.set()
+            self.release.wait(5)
         x = inputs["x"]
-        self.calls.append((key, len(x)))
+        self.calls.append((key, len(x), threading.current_thread().name))
         if self.poison is not None and (x == self.poison).any():
             raise ValueError("poison row")
         return {"y": x * 2, "labels": [f"r{v}" for v in x[:, 0].tolist()]}
+
+    def sizes(self) -> list[int]:
+        return [n for _, n, _ in self.calls]
 
 
 def rows(*values: float) -> dict[str, np.ndarray]:
     return {"x": np.array(values, dtype=np.float32).reshape(-1, 1)}
 
 
-def test_a_lone_request_runs_at_once_without_waiting() -> None:
+def occupy(batcher: MicroBatcher, model: RecordingModel, key: Hashable = "m"
+           ) -> Future[BatchOutcome]:
+    """Start a batch under `key` that holds the model until `model.release` is set."""
+    model.held = {key}
+    model.release.clear()
+    model.entered.clear()
+    done: Future[Future[BatchOutcome]] = Future()
+    threading.Thread(target=lambda: done.set_result(batcher.submit(key, rows(0)))).start()
+    assert model.entered.wait(5)
+    return done  # type: ignore[return-value]
+
+
+def test_a_lone_request_runs_at_once_in_the_callers_thread() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=10_000)
     started = time.monotonic()
-    outcome = batcher.submit("m", rows(1, 2)).result(5)
-    assert time.monotonic() - started < 1.0
-    np.testing.assert_array_equal(outcome.outputs["y"], [[2], [4]])
-    assert outcome.outputs["labels"] == ["r1.0", "r2.0"]
+    future = batcher.submit("m", rows(1, 2))
+    assert future.done() and time.monotonic() - started < 1.0
+    assert model.calls[0][2] == threading.current_thread().name
+    np.testing.assert_array_equal(future.result().outputs["y"], [[2], [4]])
+    assert future.result().outputs["labels"] == ["r1.0", "r2.0"]
     batcher.close()
 
 
 def test_requests_queued_behind_a_running_batch_are_coalesced_and_split_back() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
-    model.release.clear()
-    first = batcher.submit("m", rows(0))
-    time.sleep(0.05)  # let the runner take the first request and block in the model
+    first = occupy(batcher, model)
     waiting = [batcher.submit("m", rows(i, i + 0.5)) for i in range(1, 11)]
     model.release.set()
-    first.result(5)
+    first.result(5).result(5)
     outcomes = [f.result(5) for f in waiting]
-    assert [n for _, n in model.calls] == [1, 20]
+    assert model.sizes() == [1, 20]
     for i, outcome in enumerate(outcomes, start=1):
         np.testing.assert_array_equal(outcome.outputs["y"].ravel(), [2 * i, 2 * i + 1])
         assert outcome.batch_rows == 20
@@ -63,16 +86,17 @@ def test_requests_queued_behind_a_running_batch_are_coalesced_and_split_back() -
 def test_keys_never_share_a_batch() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
-    model.release.clear()
-    futures = [batcher.submit(key, rows(i)) for i, key in enumerate(["a", "b", "a", "b"])]
+    first = occupy(batcher, model, key="a")
+    futures = [batcher.submit(key, rows(i)) for i, key in enumerate(["a", "b", "a", "b"], 1)]
     model.release.set()
+    first.result(5).result(5)
     for future in futures:
         future.result(5)
     by_key: dict[Hashable, int] = {}
-    for key, n in model.calls:
+    for key, n, _ in model.calls:
         by_key[key] = by_key.get(key, 0) + n
-    assert by_key == {"a": 2, "b": 2}
-    assert np.asarray(futures[2].result().outputs["y"]).ravel().tolist() == [4]
+    assert by_key == {"a": 3, "b": 2}
+    assert np.asarray(futures[2].result().outputs["y"]).ravel().tolist() == [6]
     batcher.close()
 
 
@@ -80,7 +104,7 @@ def test_batches_never_exceed_max_batch_rows_and_large_requests_are_sliced() -> 
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=4, max_wait_ms=0)
     outcome = batcher.submit("m", rows(*range(10))).result(5)
-    assert [n for _, n in model.calls] == [4, 4, 2]
+    assert model.sizes() == [4, 4, 2]
     np.testing.assert_array_equal(outcome.outputs["y"].ravel(), np.arange(10) * 2)
     batcher.close()
 
@@ -88,13 +112,14 @@ def test_batches_never_exceed_max_batch_rows_and_large_requests_are_sliced() -> 
 def test_the_batch_waits_for_announced_jobs_but_no_longer_than_max_wait() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=2_000)
-    with batcher.arriving():
+    with batcher.arriving():  # another job is on its way
         first = batcher.submit("m", rows(1))
+        assert not first.done()
         time.sleep(0.05)
         second = batcher.submit("m", rows(2))
     first.result(5)
     second.result(5)
-    assert [n for _, n in model.calls] == [2]
+    assert model.sizes() == [2]
 
     short = MicroBatcher(model, max_batch_rows=64, max_wait_ms=50)
     with short.arriving():
@@ -105,16 +130,38 @@ def test_the_batch_waits_for_announced_jobs_but_no_longer_than_max_wait() -> Non
     short.close()
 
 
+def test_a_job_does_not_wait_for_its_own_announcement() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=10_000)
+    with batcher.arriving() as arrival:
+        assert batcher.submit("m", rows(1), arrival=arrival).done()
+    batcher.close()
+
+
+def test_a_backlog_hint_holds_the_batch_open_for_what_is_queued() -> None:
+    model = RecordingModel()
+    queued = [1]
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=300,
+                           backlog=lambda key: queued[0])
+    first = batcher.submit("m", rows(1))
+    assert not first.done()
+    time.sleep(0.05)
+    queued[0] = 0
+    second = batcher.submit("m", rows(2))
+    first.result(5)
+    second.result(5)
+    assert model.sizes() == [2]
+    batcher.close()
+
+
 def test_a_failing_row_is_isolated_and_its_neighbours_succeed() -> None:
     model = RecordingModel(poison=13)
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
-    model.release.clear()
-    first = batcher.submit("m", rows(1))
-    time.sleep(0.05)
+    first = occupy(batcher, model)
     good = batcher.submit("m", rows(2, 3))
     bad = batcher.submit("m", rows(4, 13, 5))
     model.release.set()
-    first.result(5)
+    first.result(5).result(5)
     bad_outcome = bad.result(5)
     assert bad_outcome.failed_rows.keys() == {1}
     assert "poison row" in bad_outcome.failed_rows[1]
