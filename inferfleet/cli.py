@@ -157,8 +157,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from inferfleet.bench.report import markdown, plot, targets
-    from inferfleet.bench.runner import BenchOptions, run_bench
+    try:
+        from inferfleet.bench.report import markdown, plot, targets
+        from inferfleet.bench.runner import BenchOptions, run_bench
+    except ImportError as exc:
+        raise ConfigurationError(f"the benchmark needs {exc.name}: pip install "
+                                 "'inferfleet[bench]'") from exc
 
     options = BenchOptions(models=tuple(args.models.split(",")), repeat=args.repeat,
                            scale=args.scale, workers=args.workers)

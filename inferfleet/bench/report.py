@@ -53,6 +53,12 @@ def targets(result: BenchResult) -> list[Target]:
     single = _rate(result, HEAVY, "fleet single-sample jobs")
     if not math.isnan(naive * single):
         checks.append(Target(f"{HEAVY}: single-sample jobs / naive", single / naive, 3.0))
+    if result.memory is not None:
+        checks.append(Target(f"client peak RSS growth / (input + outputs), "
+                             f"{result.memory.samples:,} samples", result.memory.client_ratio,
+                             2.0, higher_is_better=False))
+        checks.append(Target("worker RSS growth across the memory run (after a warm-up run)",
+                             result.memory.worker_growth, 0.05, higher_is_better=False))
     for model in (SMALL, HEAVY):
         naive_p50 = [s.p50_ms for s in _find(result, model, "naive latency, 1 in flight")]
         fleet_p50 = [s.p50_ms for s in _find(result, model, "fleet latency, 1 in flight")]

@@ -6,7 +6,10 @@ Redis (AOF on, as `inferfleet up` runs it) and the same producer process.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 from celery import Celery
 
 from inferfleet.bench import scenarios
@@ -43,9 +47,34 @@ class BenchOptions:
     load_seconds: float = 3.0
     bulk_samples: dict[str, int] = field(default_factory=lambda: {
         "digits": 200_000, "digits_mlp": 50_000})
+    #: The memory scenario's samples (on the first model only).
+    memory_samples: int = 1_000_000
 
     def count(self, n: int) -> int:
         return max(2, int(n * self.scale))
+
+
+@dataclass
+class MemoryReport:
+    """Client peak RSS against its data, and worker RSS before and after, in bytes."""
+
+    samples: int
+    input_bytes: int
+    output_bytes: int
+    client_growth: int
+    worker_before: list[int]
+    worker_after: list[int]
+
+    @property
+    def client_ratio(self) -> float:
+        """Peak RSS growth over (input + outputs); the goal is at most 2."""
+        return self.client_growth / (self.input_bytes + self.output_bytes)
+
+    @property
+    def worker_growth(self) -> float:
+        """The largest relative RSS growth of a worker across the run."""
+        return max(after / before - 1 for before, after in
+                   zip(self.worker_before, self.worker_after, strict=True))
 
 
 @dataclass
@@ -53,6 +82,7 @@ class BenchResult:
     """Every summary of a run, in the order measured."""
 
     summaries: list[Summary] = field(default_factory=list)
+    memory: MemoryReport | None = None
 
     def add(self, model: str, scenario: str, runs: list[Measurement], note: str = "") -> None:
         self.summaries.append(summarise(model, scenario, runs, note))
@@ -78,7 +108,27 @@ class Bench:
             self._naive(model)
             self._fleet(model)
             self._drains(model)
+        self._memory(self.options.models[0])
         return self.result
+
+    def _memory(self, model: str) -> None:
+        n = self.options.count(self.options.memory_samples)
+        with self._fleet_workers(model) as processes:
+            workers = [psutil.Process(p.pid) for p in processes]
+            # A first, smaller run lets the workers reach their working size (batch
+            # buffers, thread stacks); "flat" is judged across the measured run after it.
+            self._memory_client(model, max(2, n // 10))
+            before = [w.memory_info().rss for w in workers]
+            client = self._memory_client(model, n)
+            after = [w.memory_info().rss for w in workers]
+        report = MemoryReport(n, client["input_bytes"], client["output_bytes"],
+                              client["rss_peak"] - client["rss_before"], before, after)
+        self.result.memory = report
+        print(f"  {model:<11} memory, {n:,} samples: client peak RSS growth "
+              f"{report.client_growth / 2**20:,.0f} MiB = {report.client_ratio:.2f}x "
+              f"(input {report.input_bytes / 2**20:,.0f} MiB + outputs "
+              f"{report.output_bytes / 2**20:,.0f} MiB); worker RSS growth "
+              f"{report.worker_growth:+.1%}", flush=True)
 
     def _repeat(self, measure: Callable[[], Measurement]) -> list[Measurement]:
         return [measure() for _ in range(self.options.repeat)]
@@ -157,14 +207,21 @@ class Bench:
         with self._naive_worker():
             return scenarios.drain(client, ids, n, scenarios.naive_failures)
 
+    def _memory_client(self, model: str, n: int) -> dict[str, int]:
+        done = subprocess.run(
+            [sys.executable, "-m", "inferfleet.bench.memory", self.settings.redis_url,
+             model, str(n), str(self.options.job_size)],
+            capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
     @contextmanager
-    def _naive_worker(self) -> Iterator[None]:
+    def _naive_worker(self) -> Iterator[list[Process]]:
         process = spawn([self.settings.redis_url], env=os.environ, module="inferfleet.bench.naive",
                         log_path=self.work_dir / "naive.log")
         yield from self._serve([process], ["naive@"])
 
     @contextmanager
-    def _fleet_workers(self, model: str) -> Iterator[None]:
+    def _fleet_workers(self, model: str) -> Iterator[list[Process]]:
         env = {**os.environ, "INFERFLEET_REDIS_URL": self.settings.redis_url,
                "INFERFLEET_MODELS_DIR": str(self.settings.models_dir),
                "INFERFLEET_WORKER_PROCESSES": str(self.options.workers)}
@@ -174,10 +231,10 @@ class Bench:
                            log_path=self.work_dir / f"{name[:-1]}.log") for name in names]
         yield from self._serve(processes, names)
 
-    def _serve(self, processes: list[Process], names: list[str]) -> Iterator[None]:
+    def _serve(self, processes: list[Process], names: list[str]) -> Iterator[list[Process]]:
         try:
             wait_for_workers(self.settings, names, timeout_s=60, processes=processes)
-            yield
+            yield processes
         finally:
             stop_processes(processes)
 
