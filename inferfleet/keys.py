@@ -45,6 +45,17 @@ def notify_list(owner: str) -> str:
     return f"{NOTIFY_PREFIX}{owner}"
 
 
+def session_stats(session_id: str) -> str:
+    """A hash of a session's counters: submitted and done by status and model, a latency
+    histogram, first submit and last finish (see `sessions`)."""
+    return f"{PREFIX}:session:{session_id}:stats"
+
+
+def session_stream(session_id: str) -> str:
+    """A stream of a session's finished jobs, one entry per job, in arrival order."""
+    return f"{PREFIX}:session:{session_id}:stream"
+
+
 def doorbell(job_id: str) -> str:
     """A short list pushed once the result is stored, so that one waiter can BLPOP it."""
     return f"{PREFIX}:done:{job_id}"

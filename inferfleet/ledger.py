@@ -9,7 +9,9 @@ never overwrite a terminal result.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
@@ -30,8 +32,9 @@ NOTIFY_FALLBACK_S = 1.0
 
 _TERMINAL = {status.value for status in JobStatus}
 
-# KEYS: result, doorbell, job, notify list (or '').
-# ARGV: meta JSON, ttl, status, finished_at, job id.
+# KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream.
+# ARGV: meta JSON, ttl, status, finished_at, job id, model, samples by status (success,
+# failure, expired), latency bucket (or ''), stream length bound.
 _STORE_ONCE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
@@ -42,6 +45,23 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 if KEYS[4] ~= '' then
   redis.call('RPUSH', KEYS[4], ARGV[5])
   redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+if KEYS[5] ~= '' then
+  local done = ARGV[7] + ARGV[8] + ARGV[9]
+  redis.call('HINCRBY', KEYS[5], 'jobs_done', 1)
+  redis.call('HINCRBY', KEYS[5], 'jobs:' .. ARGV[3], 1)
+  redis.call('HINCRBY', KEYS[5], 'samples_done', done)
+  redis.call('HINCRBY', KEYS[5], 'samples:success', ARGV[7])
+  redis.call('HINCRBY', KEYS[5], 'samples:failure', ARGV[8])
+  redis.call('HINCRBY', KEYS[5], 'samples:expired', ARGV[9])
+  redis.call('HINCRBY', KEYS[5], 'model:' .. ARGV[6] .. ':done', done)
+  if ARGV[10] ~= '' then redis.call('HINCRBY', KEYS[5], 'latency:' .. ARGV[10], done) end
+  local last = tonumber(redis.call('HGET', KEYS[5], 'last_finished_at') or '0')
+  if tonumber(ARGV[4]) > last then redis.call('HSET', KEYS[5], 'last_finished_at', ARGV[4]) end
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[11], '*', 'job', ARGV[5],
+             'status', ARGV[3], 'samples', done, 'failed', ARGV[8] + ARGV[9])
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
 end
 return 1
 """
@@ -54,6 +74,16 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The session histogram's bucket of a latency: [2**(b/4), 2**((b+1)/4)) ms."""
+    return min(160, max(-40, math.floor(4 * math.log2(max(latency_ms, 1e-3)))))
+
+
+def bucket_upper_ms(bucket: int) -> float:
+    """The upper edge of a histogram bucket, in ms."""
+    return float(2 ** ((bucket + 1) / 4))
 
 
 def celery_meta(result: WireResult) -> str:
@@ -71,9 +101,11 @@ def celery_meta(result: WireResult) -> str:
 class Ledger:
     """Reads and writes job records; one per process, safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int,
+                 session_stream_max_jobs: int = 100_000) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.session_stream_max_jobs = session_stream_max_jobs
         self._store_once = client.register_script(_STORE_ONCE)
         self._mark_running = client.register_script(_MARK_RUNNING)
 
@@ -84,6 +116,16 @@ class Ledger:
         pipe.hset(key, mapping={"state": JobState.QUEUED.value, "model": model,
                                 "session_id": session_id or "", "samples": n_samples,
                                 "submitted_at": submitted_at})
+        pipe.expire(key, self.ttl_s)
+
+    def record_session_submitted(self, pipe: Any, session_id: str, *, model: str, jobs: int,
+                                 samples: int, submitted_at: float) -> None:
+        """Add to `pipe` the session's counts of what was just submitted to it."""
+        key = keys.session_stats(session_id)
+        pipe.hincrby(key, "jobs_submitted", jobs)
+        pipe.hincrby(key, "samples_submitted", samples)
+        pipe.hincrby(key, f"model:{model}:submitted", samples)
+        pipe.hsetnx(key, "first_submitted_at", submitted_at)
         pipe.expire(key, self.ttl_s)
 
     def mark_running(self, job_ids: Iterable[str]) -> None:
@@ -98,11 +140,18 @@ class Ledger:
     def store_result(self, result: WireResult, *, notify: str | None = None) -> bool:
         """Store the terminal result once, and push the job id onto `notify` (a
         `keys.notify_list`) if given; False if a result was already stored."""
+        session = result.session_id
+        counts = Counter(status.value for status in result.sample_status)
         stored = self._store_once(
             keys=[keys.result(result.job_id), keys.doorbell(result.job_id),
-                  keys.job(result.job_id), notify or ""],
+                  keys.job(result.job_id), notify or "",
+                  keys.session_stats(session) if session else "",
+                  keys.session_stream(session) if session else ""],
             args=[celery_meta(result), self.ttl_s, result.status.value, time.time(),
-                  result.job_id])
+                  result.job_id, result.model, counts["success"], counts["failure"],
+                  counts["expired"],
+                  "" if result.latency_ms is None else latency_bucket(result.latency_ms),
+                  self.session_stream_max_jobs])
         return bool(stored)
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,

@@ -22,6 +22,8 @@ from inferfleet.errors import ErrorCode
 WIRE_VERSION: Literal[1] = 1
 #: Model names are allow-listed to this pattern, so a name can never become a path.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Session ids name Redis keys; without ':' one session's keys never alias another's.
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
 class JobStatus(StrEnum):
@@ -78,7 +80,7 @@ class JobRequest(BaseModel):
     v: Literal[1] = 1
     model: str = Field(pattern=MODEL_NAME_PATTERN)
     model_version: str | None = Field(None, max_length=64)
-    session_id: str | None = Field(None, max_length=256)
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     inputs: dict[str, Any] | list[Any]
     sample_ids: list[str] | None = None
     submitted_at: float | None = None
@@ -129,6 +131,40 @@ class SampleResult(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     latency_ms: float | None = None
+
+
+class ModelCounts(BaseModel):
+    """One model's samples within a session."""
+
+    submitted: int = 0
+    done: int = 0
+
+
+class SessionSummary(BaseModel):
+    """A session's counts and timings, read from counters (no scan of its results).
+
+    Latency percentiles come from a histogram of quarter-octave buckets: each is the upper
+    edge of its bucket, so within 19% of the exact value. Jobs enqueued by clients other
+    than `Client` are counted when done but were never counted as submitted.
+    """
+
+    session_id: str
+    jobs_submitted: int
+    jobs_done: int
+    jobs_by_status: dict[str, int]
+    samples_submitted: int
+    samples_succeeded: int
+    samples_failed: int
+    samples_expired: int
+    samples_pending: int
+    success_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    samples_per_s: float | None
+    first_submitted_at: float | None
+    last_finished_at: float | None
+    models: dict[str, ModelCounts]
 
 
 class JobResult(BaseModel):

@@ -61,8 +61,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: float = Field(900.0, gt=0)
     socket_timeout_s: float = Field(10.0, gt=0)
 
-    # Retention of results and job ledgers in Redis.
+    # Retention of results, job ledgers and sessions in Redis; a session's stream keeps
+    # about this many of its latest finished jobs.
     result_ttl_s: int = Field(86_400, ge=1)
+    session_stream_max_jobs: int = Field(100_000, ge=1)
 
     # Limits on what one job may carry.
     max_job_samples: int = Field(100_000, ge=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,7 +18,8 @@ from inferfleet.errors import ResultTimeoutError
 from inferfleet.ledger import _payload
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.client import Client, Job, _text
-from inferfleet.schemas import JobResult, JobState
+from inferfleet.schemas import JobResult, JobState, SampleResult, SessionSummary
+from inferfleet.sessions import check_session_id, summarise
 from inferfleet.settings import Settings
 
 
@@ -74,6 +75,20 @@ class AsyncClient:
         """Terminal results of many jobs, in order."""
         return list(await asyncio.gather(*(self.result(job_id, timeout=timeout)
                                            for job_id in job_ids)))
+
+    async def subscribe(self, session_id: str, *, from_start: bool = True,
+                        after: str | None = None, timeout: float = 60.0
+                        ) -> AsyncIterator[SampleResult]:
+        """`Client.subscribe` as an async iterator (each read runs in a thread)."""
+        subscription = self._sync.subscribe(session_id, from_start=from_start, after=after,
+                                            timeout=timeout)
+        while (sample := await asyncio.to_thread(next, subscription, None)) is not None:
+            yield sample
+
+    async def session_summary(self, session_id: str) -> SessionSummary:
+        """`Client.session_summary`, awaited."""
+        raw = await self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
+        return summarise(session_id, {_text(k): _text(v) for k, v in raw.items()})
 
     async def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown."""

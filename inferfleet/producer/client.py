@@ -24,7 +24,8 @@ from inferfleet.ledger import Ledger, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
-from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult
+from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
+from inferfleet.sessions import Subscription, check_session_id, summarise
 from inferfleet.settings import Settings, load_settings
 from inferfleet.validation import Limits, SampleColumn
 
@@ -147,6 +148,8 @@ class Client:
                 model_version: str | None, deadline_s: float | None,
                 validate: bool) -> list[Job]:
         _check_model_name(model)
+        if session_id is not None:
+            check_session_id(session_id)
         signature = self.signature(model) if validate else None
         columns: dict[str | None, SampleColumn] = as_columns(samples, signature)
         total = n_samples(columns)
@@ -187,6 +190,10 @@ class Client:
         # never finds a job it cannot place.
         queue = keys.model_queue(model)
         pipe = self.redis.pipeline(transaction=False)
+        if session_id is not None:
+            self._ledger.record_session_submitted(
+                pipe, session_id, model=model, jobs=len(messages),
+                samples=sum(m.samples for m in messages), submitted_at=submitted_at)
         for message in messages:
             self._ledger.record_queued(pipe, message.job_id, model=model,
                                        session_id=session_id, n_samples=message.samples,
@@ -231,6 +238,26 @@ class Client:
     def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (unknown and expired ids)."""
         return self._ledger.state(job_id)
+
+    def subscribe(self, session_id: str, *, from_start: bool = True, after: str | None = None,
+                  timeout: float = 60.0) -> Subscription:
+        """The session's `SampleResult`s in arrival order, until every job submitted to it
+        is done (or `timeout` seconds pass).
+
+        `from_start` replays what landed before (within the stream's retention); `after`
+        goes on from a previous subscription's `position`, with no loss or duplicates.
+
+        Raises:
+            BadArgumentError: for a malformed session id or position.
+        """
+        return Subscription(self.redis, session_id, after=after, from_start=from_start,
+                            timeout_s=timeout)
+
+    def session_summary(self, session_id: str) -> SessionSummary:
+        """Counts, success rate, latency percentiles and samples/s of a session, read from
+        its counters (cheap while it runs)."""
+        raw = self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
+        return summarise(session_id, {_text(k): _text(v) for k, v in raw.items()})
 
 
 def _text(value: bytes | str) -> str:

@@ -152,7 +152,8 @@ class InferenceService:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.client = client
-        self.ledger = Ledger(client, ttl_s=settings.result_ttl_s)
+        self.ledger = Ledger(client, ttl_s=settings.result_ttl_s,
+                             session_stream_max_jobs=settings.session_stream_max_jobs)
         self.running = RunningMarks(self.ledger)
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process())
