@@ -7,9 +7,11 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -65,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int, default=None)
     flower.add_argument("--address", default="127.0.0.1")
     flower.set_defaults(run=_flower)
+
+    submit = sub.add_parser("submit", help="push a .npy/.csv/.parquet file through the fleet")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--model", required=True)
+    submit.add_argument("--session", help="session id (default: the file's name and time)")
+    submit.add_argument("--out", type=Path, help="results file (default: FILE.results.EXT)")
+    submit.add_argument("--id-column", help="CSV/Parquet column whose values are the ids")
+    submit.add_argument("--job-size", type=int, default=256)
+    submit.set_defaults(run=_submit)
+
+    watch = sub.add_parser("watch", help="follow a session until it ends")
+    watch.add_argument("session")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    watch.add_argument("--timeout", type=float, default=3600.0)
+    watch.set_defaults(run=_watch)
 
     status = sub.add_parser("status", help="print one job's state (and result when done)")
     status.add_argument("job_id")
@@ -138,6 +155,38 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
                                  "set INFERFLEET_FLOWER_BASIC_AUTH=user:password")
     make_app(settings).start(argv)
     return 0
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.filerun import run_file
+    from inferfleet.producer import Client
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", args.file.stem)
+    session = args.session or f"{stem}-{int(time.time())}"
+    print(f"session {session}", file=sys.stderr)
+
+    def progress(done: int, total: int, failed: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        bar = "#" * int(30 * done / total) if total else ""
+        print(f"\r[{bar:<30}] {done:,}/{total:,} rows  {rate:,.0f}/s  {failed:,} failed",
+              end="", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    with Client(settings=settings) as client:
+        report = run_file(client, args.file, model=args.model, out=args.out,
+                          session_id=session, id_column=args.id_column,
+                          job_size=args.job_size, progress=progress)
+    print(file=sys.stderr)
+    print(report.render())
+    return 0
+
+
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.producer import Client
+    from inferfleet.watch import watch
+
+    with Client(settings=settings) as client:
+        return watch(client, args.session, interval_s=args.interval, timeout_s=args.timeout)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

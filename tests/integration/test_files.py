@@ -1,0 +1,108 @@
+"""Whole files through the fleet with `inferfleet submit`, and `inferfleet watch`."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from inferfleet import Client
+from inferfleet.filerun import run_file
+from inferfleet.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def holdout(models_dir: Path, n: int) -> np.ndarray:
+    return np.load(models_dir / "digits" / "holdout.npz")["x"][:n]
+
+
+def expected_labels(models_dir: Path, x: np.ndarray) -> list[str]:
+    session = ort.InferenceSession(str(models_dir / "digits" / "model.onnx"))
+    return [str(i) for i in session.run(["probabilities"], {"pixels": x})[0].argmax(axis=1)]
+
+
+def cli(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INFERFLEET_REDIS_URL": settings.redis_url,
+           "INFERFLEET_MODELS_DIR": str(settings.models_dir)}
+    return subprocess.run([sys.executable, "-m", "inferfleet", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_csv_with_an_id_column_round_trips_with_bad_rows_failed_by_id(
+        settings: Settings, models_dir: Path, tmp_path: Path) -> None:
+    x = holdout(models_dir, 300)
+    rows = [[f"row-{i:04d}", *map(str, x[i])] for i in range(300)]
+    rows[7][5], rows[100][1], rows[200][64] = "abc", "", "nan"
+    source = tmp_path / "digits.csv"
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["sample", *(f"p{j}" for j in range(64))], *rows])
+
+    done = cli(settings, "submit", "digits.csv", "--model", "digits", "--id-column", "sample",
+               "--session", "csv-file", "--job-size", "64", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "300 rows of digits.csv through model 'digits'" in done.stdout
+    assert "by status: failure 3, success 297" in done.stdout
+
+    with (tmp_path / "digits.results.csv").open() as handle:
+        out = list(csv.DictReader(handle))
+    assert [r["id"] for r in out] == [f"row-{i:04d}" for i in range(300)]
+    failed = {r["id"]: r for r in out if r["status"] == "failure"}
+    assert set(failed) == {"row-0007", "row-0100", "row-0200"}
+    assert "column 'p4': 'abc' is not a number" in failed["row-0007"]["error_message"]
+    assert failed["row-0200"]["error_code"] == "non_finite"
+    good = [i for i in range(300) if f"row-{i:04d}" not in failed]
+    assert [out[i]["label"] for i in good] == expected_labels(models_dir, x[good])
+    with Client(settings=settings) as client:
+        assert client.session_summary("csv-file").samples_succeeded == 297
+
+
+def test_npy_and_parquet_files_come_back_in_their_own_format(
+        settings: Settings, models_dir: Path, tmp_path: Path) -> None:
+    x = holdout(models_dir, 50)
+    np.save(tmp_path / "rows.npy", x)
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(50)],
+                             **{f"p{j}": x[:, j] for j in range(64)}}), tmp_path / "rows.parquet")
+    with Client(settings=settings) as client:
+        npy = run_file(client, tmp_path / "rows.npy", model="digits", batch_rows=16)
+        parquet = run_file(client, tmp_path / "rows.parquet", model="digits", id_column="key",
+                           batch_rows=16, window_batches=2)
+    assert npy.by_status == parquet.by_status == {"success": 50}
+    from_npy = np.load(npy.out)
+    from_parquet = pq.read_table(parquet.out).to_pydict()
+    labels = expected_labels(models_dir, x)
+    assert list(from_npy["label"]) == from_parquet["label"] == labels
+    assert list(from_npy["id"]) == [str(i) for i in range(50)]
+    assert from_parquet["id"] == [f"k{i}" for i in range(50)]
+
+
+def test_a_file_narrower_than_the_model_is_refused_clearly(
+        settings: Settings, tmp_path: Path) -> None:
+    np.save(tmp_path / "narrow.npy", np.zeros((3, 10), np.float32))
+    done = cli(settings, "submit", "narrow.npy", "--model", "digits", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "the file has 10 feature columns; model 'digits' takes samples of shape [64]" \
+        in done.stderr
+
+
+def test_watch_shows_the_session_and_ends_with_it(settings: Settings, models_dir: Path,
+                                                   tmp_path: Path) -> None:
+    x = holdout(models_dir, 20).copy()
+    x[3, 0] = np.inf
+    with Client(settings=settings) as client:
+        job = client.submit("digits", x, session_id="watched", validate=False)
+        job.result(timeout=30)
+    done = cli(settings, "watch", "watched", "--interval", "0.1", "--timeout", "30",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "session watched: jobs 1/1 done {'partial': 1}" in done.stdout
+    assert "19 succeeded, 1 failed" in done.stdout
+    assert f"{job.id} sample 3: non_finite" in done.stdout
