@@ -10,21 +10,49 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from inferfleet.errors import BadArgumentError, ErrorCode
 from inferfleet.files import ResultRows, ResultWriter, RowBatch, count_rows, file_format, read_rows
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import Client, Job
-from inferfleet.schemas import SampleResult
+from inferfleet.schemas import JobResult
 from inferfleet.validation import Limits, validate
 
 Progress = Callable[[int, int, int], None]
+
+
+class ScoreHistogram:
+    """The distribution of scores in fixed memory: 1,000 bins over [0, 1] (scores outside
+    land in the edge bins) and the exact extremes."""
+
+    BINS = 1000
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS, dtype=np.int64)
+        self.low = float("inf")
+        self.high = float("-inf")
+
+    def add(self, scores: npt.NDArray[Any]) -> None:
+        scores = scores[~np.isnan(scores)]
+        if len(scores):
+            self.counts += np.histogram(np.clip(scores, 0.0, 1.0), bins=self.BINS,
+                                        range=(0.0, 1.0))[0]
+            self.low, self.high = min(self.low, scores.min()), max(self.high, scores.max())
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, q: float) -> float:
+        """The upper edge of the bin holding the q-th quantile (within 0.001)."""
+        index = int(np.searchsorted(np.cumsum(self.counts), q * len(self)))
+        return min(self.high, (index + 1) / self.BINS)
 
 
 @dataclass
@@ -36,7 +64,7 @@ class FileReport:
     model: str
     rows: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
-    scores: list[float] = field(default_factory=list)
+    scores: ScoreHistogram = field(default_factory=ScoreHistogram)
     seconds: float = 0.0
 
     def render(self) -> str:
@@ -46,15 +74,15 @@ class FileReport:
                  f"{self.seconds:.1f} s ({rate:,.0f} rows/s)",
                  "by status: " + ", ".join(f"{status} {count:,}" for status, count
                                             in sorted(self.by_status.items()))]
-        if self.scores:
-            scores = np.asarray(self.scores)
-            low, p5, p50, p95, high = np.percentile(scores, [0, 5, 50, 95, 100])
-            lines.append(f"score: min {low:.3f}, p5 {p5:.3f}, median {p50:.3f}, "
-                         f"p95 {p95:.3f}, max {high:.3f}")
-            counts, edges = np.histogram(scores, bins=10, range=(0.0, 1.0))
-            widest = max(counts.max(), 1)
-            lines += [f"  {edges[i]:.1f}-{edges[i + 1]:.1f} {'#' * int(40 * n / widest):<40} "
-                      f"{n:,}" for i, n in enumerate(counts) if n]
+        if len(self.scores):
+            s = self.scores
+            lines.append(f"score: min {s.low:.3f}, p5 {s.percentile(0.05):.3f}, median "
+                         f"{s.percentile(0.5):.3f}, p95 {s.percentile(0.95):.3f}, "
+                         f"max {s.high:.3f}")
+            tenths = s.counts.reshape(10, -1).sum(axis=1)
+            widest = max(int(tenths.max()), 1)
+            lines += [f"  {i / 10:.1f}-{(i + 1) / 10:.1f} {'#' * int(40 * n / widest):<40} "
+                      f"{n:,}" for i, n in enumerate(tenths) if n]
         lines.append(f"results: {self.out}")
         return "\n".join(lines)
 
@@ -117,38 +145,46 @@ def _send(client: Client, batch: RowBatch, signature: ModelSignature, model: str
 def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: FileReport,
             total: int, progress: Progress | None) -> None:
     results = client.results([job.id for job in flight.jobs], timeout=3600)
-    samples = iter([sample for result in results for sample in result.samples])
+    sent = iter([row for result in results for row in _rows_of(result)])
     rows = ResultRows()
     for index, row_id in enumerate(flight.batch.ids):
         problem = flight.problems.get(index)
-        if problem is not None:
-            _append(rows, row_id, "failure", None, problem[0].value, problem[1])
-        else:
-            _append_sample(rows, row_id, next(samples))
+        status, label, score, code, message = (
+            ("failure", "", float("nan"), problem[0].value, problem[1]) if problem is not None
+            else next(sent))
+        rows.id.append(row_id)
+        rows.status.append(status)
+        rows.label.append(label)
+        rows.score.append(score)
+        rows.error_code.append(code)
+        rows.error_message.append(message)
     writer.write(rows)
     report.rows += len(rows)
     report.by_status.update(rows.status)
-    report.scores += [s for s, status in zip(rows.score, rows.status, strict=True)
-                      if status == "success" and not np.isnan(s)]
+    succeeded = np.asarray(rows.status) == "success"
+    report.scores.add(np.asarray(rows.score, dtype=np.float64)[succeeded])
     if progress is not None:
         progress(report.rows, total, report.rows - report.by_status["success"])
 
 
-def _append_sample(rows: ResultRows, row_id: str, sample: SampleResult) -> None:
-    if sample.error is not None:
-        _append(rows, row_id, sample.status.value, None, sample.error.code.value,
-                sample.error.message)
-    else:
-        _append(rows, row_id, sample.status.value, sample.outputs, "", "")
+def _rows_of(result: JobResult) -> Iterator[tuple[str, str, float, str, str]]:
+    """(status, label, score, error code, error message) per sample, from the columns."""
+    n = len(result.sample_ids)
+    labels = _column(result, "label", n)
+    scores = _column(result, "score", n)
+    errors = {e.index: e for e in result.errors}
+    job_error = result.error
+    for index, status in enumerate(result.sample_status):
+        error = errors.get(index) or (job_error if status != "success" else None)
+        if error is not None:
+            yield status.value, "", float("nan"), error.code.value, error.message
+        else:
+            label = labels[index]
+            yield status.value, "" if label is None else str(label), float(scores[index]), "", ""
 
 
-def _append(rows: ResultRows, row_id: str, status: str, outputs: dict[str, Any] | None,
-            code: str, message: str) -> None:
-    outputs = outputs or {}
-    rows.id.append(row_id)
-    rows.status.append(status)
-    rows.label.append("" if outputs.get("label") is None else str(outputs["label"]))
-    score = outputs.get("score")
-    rows.score.append(float(score) if score is not None else float("nan"))
-    rows.error_code.append(code)
-    rows.error_message.append(message)
+def _column(result: JobResult, name: str, n: int) -> Any:
+    try:
+        return result.column(name)
+    except KeyError:  # a model without postprocessing has no label or score
+        return [None] * n if name == "label" else np.full(n, np.nan)

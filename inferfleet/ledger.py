@@ -155,9 +155,14 @@ class Ledger:
         return bool(stored)
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,
-                              timeout_s: float) -> Iterator[tuple[str, bytes | str]]:
+                              timeout_s: float, landed_before: set[str]
+                              ) -> Iterator[tuple[str, bytes | str]]:
         """(job id, stored meta) as results land, learning which landed from the `notify`
-        list the jobs were submitted with: no polling while nothing happens. Every
+        list the jobs were submitted with: no polling while nothing happens.
+
+        `landed_before` is the caller's set of ids popped from `notify` by earlier reads
+        that were not waiting for them: those are read first, and ids popped now for
+        other jobs are added to it, so no notification is lost between calls. Every
         `NOTIFY_FALLBACK_S` the results still missing are read directly, so jobs whose
         notification another reader took are found too.
 
@@ -166,20 +171,31 @@ class Ledger:
         """
         missing = dict.fromkeys(job_ids)
         deadline = time.monotonic() + timeout_s
+        ready = [i for i in missing if i in landed_before]
         while missing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResultTimeoutError(next(iter(missing)), timeout_s)
-            popped = self.client.blpop([notify], timeout=min(remaining, NOTIFY_FALLBACK_S))
-            if popped is None:
-                landed = list(self._read_landed(list(missing)))
-            else:
-                more = self.client.lpop(notify, POLL_WINDOW) or []
-                ids = [_text(i) for i in [popped[1], *more]]
-                landed = list(self._read_landed([i for i in ids if i in missing]))
-            for job_id, raw in landed:
+            if not ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ResultTimeoutError(next(iter(missing)), timeout_s)
+                ready = self._pop_notified(notify, min(remaining, NOTIFY_FALLBACK_S),
+                                           missing, landed_before)
+            for job_id, raw in self._read_landed(ready):
+                landed_before.discard(job_id)
                 del missing[job_id]
                 yield job_id, raw
+            ready = []
+
+    def _pop_notified(self, notify: str, timeout_s: float, missing: dict[str, None],
+                      others: set[str]) -> list[str]:
+        """Ids of `missing` jobs that landed (all of them once a wait times out); popped
+        ids of other jobs go into `others`."""
+        popped = self.client.blpop([notify], timeout=timeout_s)
+        if popped is None:
+            return list(missing)
+        more = self.client.lpop(notify, POLL_WINDOW) or []
+        ids = [_text(i) for i in [popped[1], *more]]
+        others.update(i for i in ids if i not in missing)
+        return [i for i in ids if i in missing]
 
     def _read_landed(self, job_ids: list[str]) -> Iterator[tuple[str, bytes | str]]:
         for start in range(0, len(job_ids), POLL_WINDOW):

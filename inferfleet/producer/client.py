@@ -79,6 +79,8 @@ class Client:
                               max_sample_elements=settings.max_sample_elements)
         self._signatures: dict[str, tuple[float, ModelSignature]] = {}
         self.notify_list = keys.notify_list(uuid.uuid4().hex)
+        # Jobs of this client whose notification was popped while waiting for others.
+        self._landed: set[str] = set()
 
     def __enter__(self) -> Client:
         return self
@@ -231,7 +233,8 @@ class Client:
             ResultTimeoutError: naming a job still without a result after `timeout`.
         """
         ids = list(job_ids)
-        landed = self._ledger.iter_notified_results(ids, self.notify_list, timeout_s=timeout)
+        landed = self._ledger.iter_notified_results(ids, self.notify_list, timeout_s=timeout,
+                                                    landed_before=self._landed)
         found = {job_id: JobResult.from_wire(payload_of(raw)) for job_id, raw in landed}
         return [found[job_id] for job_id in ids]
 
