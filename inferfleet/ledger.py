@@ -193,7 +193,7 @@ class Ledger:
         if popped is None:
             return list(missing)
         more = self.client.lpop(notify, POLL_WINDOW) or []
-        ids = [_text(i) for i in [popped[1], *more]]
+        ids = [redis_text(i) for i in [popped[1], *more]]
         others.update(i for i in ids if i not in missing)
         return [i for i in ids if i in missing]
 
@@ -255,7 +255,8 @@ class Ledger:
         return state if state not in _TERMINAL else JobState.UNKNOWN.value
 
 
-def _text(value: bytes | str) -> str:
+def redis_text(value: bytes | str) -> str:
+    """A Redis reply value as text (replies are bytes unless decoding was asked for)."""
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -19,7 +19,7 @@ import redis
 
 from inferfleet import keys
 from inferfleet.errors import BadArgumentError
-from inferfleet.ledger import bucket_upper_ms, payload_of
+from inferfleet.ledger import bucket_upper_ms, payload_of, redis_text
 from inferfleet.schemas import (
     SESSION_ID_PATTERN,
     JobResult,
@@ -123,7 +123,7 @@ class Subscription(Iterator[SampleResult]):
         if from_start:
             return "0-0", 0
         newest = self.client.xrevrange(self._stream, count=1)
-        return (_text(newest[0][0]) if newest and newest[0][0] else "0-0"), 0
+        return (redis_text(newest[0][0]) if newest and newest[0][0] else "0-0"), 0
 
     def __next__(self) -> SampleResult:
         while not self._buffer:
@@ -155,10 +155,10 @@ class Subscription(Iterator[SampleResult]):
         return int(done or 0) >= int(submitted or 0) > 0
 
     def _buffer_entries(self, entries: list[Any], skip: int) -> None:
-        ids = [_text(fields[b"job"]) for _, fields in entries]
+        ids = [redis_text(fields[b"job"]) for _, fields in entries]
         metas = self.client.mget([keys.result(job_id) for job_id in ids]) if ids else []
         for (entry_id, _), meta in zip(entries, metas, strict=True):
-            self._entry = _text(entry_id)
+            self._entry = redis_text(entry_id)
             if meta is None:  # the result expired before the stream entry did
                 continue
             result = JobResult.from_wire(payload_of(meta))
@@ -175,7 +175,3 @@ def _stream_entries(reply: Any) -> list[Any]:
     if isinstance(reply, dict):
         return list(next(iter(reply.values()))[0])
     return list(reply[0][1])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -6,7 +6,7 @@ import sys
 import time
 
 from inferfleet import keys
-from inferfleet.ledger import payload_of
+from inferfleet.ledger import payload_of, redis_text
 from inferfleet.producer import Client
 from inferfleet.schemas import JobResult, SessionSummary
 
@@ -57,7 +57,7 @@ def render(summary: SessionSummary, errors: list[str]) -> str:
 def last_errors(client: Client, session_id: str, *, limit: int = 5) -> list[str]:
     """The newest sample errors of the session (from its latest finished jobs)."""
     entries = client.redis.xrevrange(keys.session_stream(session_id), count=_RECENT_JOBS) or []
-    failed = [_text(fields[b"job"]) for _, fields in entries
+    failed = [redis_text(fields[b"job"]) for _, fields in entries
               if fields and int(fields[b"failed"])]
     lines: list[str] = []
     for job_id in failed:
@@ -72,7 +72,3 @@ def last_errors(client: Client, session_id: str, *, limit: int = 5) -> list[str]
         if len(lines) >= limit:
             break
     return lines[:limit]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

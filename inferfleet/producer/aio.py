@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 
 from inferfleet import keys
 from inferfleet.errors import ResultTimeoutError
-from inferfleet.ledger import _payload
+from inferfleet.ledger import _payload, redis_text
 from inferfleet.models.config import ModelSignature
-from inferfleet.producer.client import Client, Job, _text
+from inferfleet.producer.client import Client, Job
 from inferfleet.schemas import JobResult, JobState, SampleResult, SessionSummary
 from inferfleet.sessions import check_session_id, summarise
 from inferfleet.settings import Settings
@@ -47,7 +47,7 @@ class AsyncClient:
     async def models(self) -> dict[str, ModelSignature]:
         """Signatures of every model some worker has published, by name."""
         raw = await self.redis.hgetall(keys.MODELS_HASH)
-        return {_text(name): ModelSignature.model_validate_json(value)
+        return {redis_text(name): ModelSignature.model_validate_json(value)
                 for name, value in raw.items()}
 
     async def submit(self, model: str, samples: Any, **options: Any) -> Job:
@@ -88,7 +88,7 @@ class AsyncClient:
     async def session_summary(self, session_id: str) -> SessionSummary:
         """`Client.session_summary`, awaited."""
         raw = await self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
-        return summarise(session_id, {_text(k): _text(v) for k, v in raw.items()})
+        return summarise(session_id, {redis_text(k): redis_text(v) for k, v in raw.items()})
 
     async def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown."""

@@ -20,7 +20,7 @@ import redis
 from inferfleet import keys
 from inferfleet.celery_app import make_app
 from inferfleet.errors import BadArgumentError, ResultTimeoutError, UnknownModelError
-from inferfleet.ledger import Ledger, payload_of
+from inferfleet.ledger import Ledger, payload_of, redis_text
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
@@ -96,7 +96,7 @@ class Client:
     def models(self) -> dict[str, ModelSignature]:
         """Signatures of every model some worker has published, by name."""
         raw = self.redis.hgetall(keys.MODELS_HASH)
-        return {_text(name): ModelSignature.model_validate_json(value)
+        return {redis_text(name): ModelSignature.model_validate_json(value)
                 for name, value in raw.items()}
 
     def signature(self, model: str) -> ModelSignature:
@@ -260,11 +260,7 @@ class Client:
         """Counts, success rate, latency percentiles and samples/s of a session, read from
         its counters (cheap while it runs)."""
         raw = self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
-        return summarise(session_id, {_text(k): _text(v) for k, v in raw.items()})
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return summarise(session_id, {redis_text(k): redis_text(v) for k, v in raw.items()})
 
 
 def _check_model_name(model: str) -> None:
