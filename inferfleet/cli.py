@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--passes", type=int, default=40,
                       help="times the held-out rows are pushed through")
     demo.add_argument("--job-size", type=int, default=256)
-    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                      help="worker processes (default: one per core)")
     demo.add_argument("--external", action="store_true",
                       help="push through the fleet at INFERFLEET_REDIS_URL instead of "
                            "starting one")
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     watch.add_argument("--timeout", type=float, default=3600.0)
     watch.set_defaults(run=_watch)
+
+    dead = sub.add_parser("dead", help="list or replay dead-lettered messages")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("indexes", nargs="*", type=int,
+                      help="entries to replay, as numbered by 'list' (default: all)")
+    dead.set_defaults(run=_dead)
 
     status = sub.add_parser("status", help="print one job's state (and result when done)")
     status.add_argument("job_id")
@@ -187,6 +194,20 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
 
     with Client(settings=settings) as client:
         return watch(client, args.session, interval_s=args.interval, timeout_s=args.timeout)
+
+
+def _dead(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.deadletters import DeadLetters
+
+    with DeadLetters.from_settings(settings) as letters:
+        if args.action == "list":
+            for index, entry in enumerate(letters.entries()):
+                print(f"{index}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.at))}"
+                      f"\t{entry.queue}\t{entry.job_id or '-'}\t{entry.reason}")
+        else:
+            replayed = letters.replay(args.indexes or None)
+            print(f"replayed {replayed} message(s) to their queues")
+    return 0
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_SAMPLES = "too_many_samples"
     INFERENCE_ERROR = "inference_error"
     INTERNAL_ERROR = "internal_error"
+    MALFORMED_MESSAGE = "malformed_message"
+    EXPIRED = "expired"
 
 
 class InferfleetError(Exception):

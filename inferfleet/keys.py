@@ -13,6 +13,8 @@ PREFIX = "inferfleet"
 TASK_NAME = "inferfleet.predict"
 #: The queue a job goes to when it names no model queue (plain Celery clients).
 DEFAULT_QUEUE = PREFIX
+#: Messages no worker could take (not JSON, not an envelope, pickle), newest first.
+DEAD_LETTERS = f"{PREFIX}:dead"
 #: Published model signatures, a hash of model name -> JSON (read by producers).
 MODELS_HASH = f"{PREFIX}:models"
 #: Celery's Redis result backend key prefix (celery.backends.base.KeyValueStoreBackend).

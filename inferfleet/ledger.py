@@ -21,14 +21,19 @@ import redis
 
 from inferfleet import keys
 from inferfleet.codec import json_fallback
-from inferfleet.errors import ResultTimeoutError
-from inferfleet.schemas import JobState, JobStatus, WireResult
+from inferfleet.errors import ErrorCode, ResultTimeoutError
+from inferfleet.schemas import ErrorInfo, JobState, JobStatus, WireResult
 
 #: Results polled per MGET: the oldest outstanding ids, refilled as they land, so that
 #: waiting for a million jobs costs the same per poll as waiting for a few hundred.
 POLL_WINDOW = 512
 #: How often a reader waiting on its notify list also reads the missing results directly.
 NOTIFY_FALLBACK_S = 1.0
+#: A dead letter keeps at most this much of its message.
+DEAD_LETTER_MAX_BYTES = 1 << 20
+#: How long the terminal result of a dead-lettered job is kept (the transport that finds
+#: it has no settings; one day, the default result TTL).
+RESULT_TTL_FOR_DEAD_S = 86_400
 
 _TERMINAL = {status.value for status in JobStatus}
 
@@ -263,6 +268,23 @@ def redis_text(value: bytes | str) -> str:
 def payload_of(raw: bytes | str) -> dict[str, Any]:
     """The inferfleet result inside a stored Celery meta ({} if it holds none)."""
     return _payload(raw)
+
+
+def dead_letter(client: redis.Redis, *, queue: str, reason: str, raw: bytes | str,
+                job_id: str | None, max_entries: int = 10_000) -> None:
+    """Keep a message no worker can take on the dead-letter list, with why, newest first;
+    if it names a job, that job's terminal result says so (it never reads pending)."""
+    entry = json.dumps({"at": time.time(), "queue": queue, "reason": reason,
+                        "job_id": job_id, "message": redis_text(raw)[:DEAD_LETTER_MAX_BYTES]})
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(keys.DEAD_LETTERS, entry)
+    pipe.ltrim(keys.DEAD_LETTERS, 0, max_entries - 1)
+    pipe.execute()
+    if job_id:
+        result = WireResult(job_id=job_id, model="", status=JobStatus.DEAD_LETTERED,
+                            sample_ids=[], sample_status=[],
+                            error=ErrorInfo(code=ErrorCode.MALFORMED_MESSAGE, message=reason))
+        Ledger(client, ttl_s=RESULT_TTL_FOR_DEAD_S).store_result(result)
 
 
 def _payload(raw: bytes | str) -> dict[str, Any]:

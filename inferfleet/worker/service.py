@@ -204,8 +204,10 @@ class InferenceService:
             return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST,
                                  f"not a valid inferfleet.predict request: {_brief(exc)}")
         if request.deadline_at is not None and started > request.deadline_at:
-            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST,
-                                 "deadline passed before the job started",
+            late_s = started - request.deadline_at
+            return failed_result(job_id, kwargs, ErrorCode.EXPIRED,
+                                 f"the deadline passed {late_s:.3f} s before a worker took "
+                                 "the job; it was not computed",
                                  status=JobStatus.EXPIRED)
         try:
             model = self._model_for(request)

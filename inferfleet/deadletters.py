@@ -1,0 +1,63 @@
+"""The dead-letter list: messages no worker could take, kept with why, to list or replay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from inferfleet import keys
+from inferfleet.ledger import redis_text
+from inferfleet.settings import Settings
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message taken off a queue unused."""
+
+    at: float
+    queue: str
+    reason: str
+    job_id: str | None
+    message: str
+    #: The list element itself, to remove exactly this entry.
+    raw: str
+
+
+class DeadLetters:
+    """Reads and replays `keys.DEAD_LETTERS` (newest first); a context manager."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeadLetters:
+        return cls(redis.Redis.from_url(settings.redis_url,
+                                        socket_timeout=settings.socket_timeout_s,
+                                        socket_connect_timeout=settings.socket_timeout_s))
+
+    def entries(self) -> list[DeadLetter]:
+        """Every dead letter, newest first."""
+        return [DeadLetter(**json.loads(raw), raw=redis_text(raw))
+                for raw in self.client.lrange(keys.DEAD_LETTERS, 0, -1)]
+
+    def replay(self, indexes: Sequence[int] | None = None) -> int:
+        """Push the messages at `indexes` (all if None) back onto their queues and off the
+        list, in one transaction; how many were replayed."""
+        entries = self.entries()
+        chosen = range(len(entries)) if indexes is None else sorted(set(indexes))
+        pipe = self.client.pipeline(transaction=True)
+        for index in chosen:
+            entry = entries[index]
+            pipe.rpush(entry.queue, entry.message)  # the consuming end: replayed first
+            pipe.lrem(keys.DEAD_LETTERS, 1, entry.raw)
+        pipe.execute()
+        return len(chosen)
+
+    def __enter__(self) -> DeadLetters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()

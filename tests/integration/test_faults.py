@@ -1,0 +1,102 @@
+"""Messages no worker can use, and jobs past their deadline: nothing lost, nothing pending."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import start_redis, worker_starter
+
+from inferfleet import Client, ErrorCode, keys
+from inferfleet.deadletters import DeadLetters
+from inferfleet.fleet import stop_processes
+from inferfleet.settings import Settings, load_settings
+
+
+def pickle_envelope(job_id: str, queue: str) -> str:
+    """What a Celery client configured for pickle would push (body: a pickled tuple)."""
+    return json.dumps({
+        "body": "gASVEAAAAAAAAAApfZR9lIeULg==", "content-encoding": "binary",
+        "content-type": "application/x-python-serialize",
+        "headers": {"lang": "py", "task": keys.TASK_NAME, "id": job_id, "root_id": job_id,
+                    "retries": 0, "timelimit": [None, None], "argsrepr": "()",
+                    "kwargsrepr": "{}"},
+        "properties": {"correlation_id": job_id, "reply_to": "", "delivery_mode": 2,
+                       "delivery_info": {"exchange": "", "routing_key": queue},
+                       "priority": 0, "body_encoding": "base64", "delivery_tag": "t1"}})
+
+
+@pytest.mark.usefixtures("worker")
+def test_garbage_and_pickle_messages_are_dead_lettered_and_the_worker_keeps_serving(
+        settings: Settings, client: Client, tmp_path: Path) -> None:
+    queue = keys.model_queue("digits")
+    pickled = str(uuid.uuid4())
+    client.redis.lpush(queue, "{not json", "[1, 2]", pickle_envelope(pickled, queue))
+    job = client.submit("digits", np.zeros((2, 64), np.float32))
+    assert job.result(timeout=30).status == "succeeded"  # queued behind the garbage
+
+    assert client.result(pickled, timeout=30).status == "dead_lettered"
+    assert client.status(pickled) == "dead_lettered"
+    result = client.result(pickled, timeout=1)
+    assert result.error is not None and result.error.code == ErrorCode.MALFORMED_MESSAGE
+    with DeadLetters(client.redis) as letters:
+        reasons = {entry.reason.split(":")[0] for entry in letters.entries()}
+    assert {"not a JSON message", "not a kombu message envelope",
+            "content type 'application/x-python-serialize' is refused; only application/json "
+            "is accepted"} <= reasons
+
+    env = {**os.environ, "INFERFLEET_REDIS_URL": settings.redis_url}
+    listed = subprocess.run([sys.executable, "-m", "inferfleet", "dead", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and pickled in listed.stdout
+
+
+def test_a_dead_letter_replayed_goes_back_to_its_queue(client: Client) -> None:
+    queue = "inferfleet.replay-test"  # consumed by no worker, so it stays to be seen
+    with DeadLetters(client.redis) as letters:
+        client.redis.lpush(keys.DEAD_LETTERS, json.dumps({
+            "at": time.time(), "queue": queue, "reason": "test", "job_id": None,
+            "message": "payload"}))
+        before = len(letters.entries())
+        assert letters.replay([0]) == 1
+        assert len(letters.entries()) == before - 1
+    assert client.redis.lrange(queue, 0, -1) == [b"payload"]
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, models_dir: Path) -> Iterator[Settings]:
+    server = start_redis(tmp_path / "redis")
+    yield load_settings(redis_url=server.url, models_dir=models_dir)
+    server.stop()
+
+
+def test_a_job_past_its_deadline_is_not_computed_and_ends_expired(
+        fresh: Settings, tmp_path: Path) -> None:
+    start, started = worker_starter(fresh, tmp_path / "logs")
+    try:
+        start(models="digits")  # publishes the signature
+        stop_processes(started)
+        with Client(settings=fresh) as client:
+            late = client.submit("digits", np.zeros((3, 64), np.float32), deadline_s=0.2,
+                                 session_id="deadlines")
+            in_time = client.submit("digits", np.zeros((1, 64), np.float32), deadline_s=300)
+            time.sleep(0.5)
+            assert late.status() == "queued"
+            start(models="digits")
+            expired = late.result(timeout=30)
+            assert in_time.result(timeout=30).status == "succeeded"
+            assert expired.status == "expired"
+            assert [s.status for s in expired.samples] == ["expired"] * 3
+            assert expired.batch_ids == [] and expired.error is not None
+            assert expired.error.code == ErrorCode.EXPIRED
+            assert client.session_summary("deadlines").samples_expired == 3
+    finally:
+        stop_processes(started)
