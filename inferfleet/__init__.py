@@ -8,6 +8,7 @@ from inferfleet.errors import (
     ErrorCode,
     InferfleetError,
     InvalidInputError,
+    QueueFullError,
     ResultTimeoutError,
     UnknownModelError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Job",
     "JobResult",
     "JobStatus",
+    "QueueFullError",
     "ResultTimeoutError",
     "SampleResult",
     "SampleStatus",

@@ -7,6 +7,7 @@
     ├── InvalidInputError       samples rejected by validation before anything is enqueued
     ├── BadArgumentError        an API argument that cannot work (also a ValueError)
     ├── UnknownModelError       a model name the registry does not serve
+    ├── QueueFullError          a model's queue holds as many jobs as it may
     ├── ModelLoadError          a model folder whose files cannot be served
     ├── BatchContractError      a batch function that broke its rows-in, rows-out contract
     └── ResultTimeoutError           a result that did not arrive in time (also a TimeoutError)
@@ -17,6 +18,7 @@ Across the wire errors travel as data: an `ErrorCode` and a message, never a pic
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -79,6 +81,15 @@ class UnknownModelError(InferfleetError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         super().__init__(f"unknown model {name!r}: {reason}")
+
+
+class QueueFullError(InferfleetError):
+    """A model's queue is at `max_queued_jobs`; `submitted` lists the jobs that did go."""
+
+    def __init__(self, model: str, queued: int, limit: int, submitted: list[Any]) -> None:
+        self.model, self.queued, self.limit, self.submitted = model, queued, limit, submitted
+        super().__init__(f"the queue of model {model!r} holds {queued} jobs, its limit is "
+                         f"{limit}; {len(submitted)} job(s) of this call were enqueued")
 
 
 class ModelLoadError(InferfleetError):

@@ -13,6 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -71,6 +72,33 @@ end
 return 1
 """
 
+# KEYS: queue, session stats, then one job record per message.
+# ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, then per
+# message its sample count and its envelope. Refuses the lot if the queue has no room.
+_ENQUEUE = """
+local n = #KEYS - 2
+local queued = redis.call('LLEN', KEYS[1])
+local limit = tonumber(ARGV[1])
+if limit > 0 and queued + n > limit then return {0, queued} end
+local total = 0
+for i = 1, n do
+  local samples = ARGV[4 + 2 * i]
+  redis.call('HSET', KEYS[2 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
+             'samples', samples, 'submitted_at', ARGV[5])
+  redis.call('EXPIRE', KEYS[2 + i], ARGV[2])
+  redis.call('LPUSH', KEYS[1], ARGV[5 + 2 * i])
+  total = total + samples
+end
+if ARGV[4] ~= '' then
+  redis.call('HINCRBY', KEYS[2], 'jobs_submitted', n)
+  redis.call('HINCRBY', KEYS[2], 'samples_submitted', total)
+  redis.call('HINCRBY', KEYS[2], 'model:' .. ARGV[3] .. ':submitted', total)
+  redis.call('HSETNX', KEYS[2], 'first_submitted_at', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return {1, queued + n}
+"""
+
 # KEYS: job.  ARGV: ttl, started_at.  A terminal state is never turned back to running.
 _MARK_RUNNING = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -103,6 +131,15 @@ def celery_meta(result: WireResult) -> str:
             f'"task_id": {json.dumps(result.job_id)}}}')
 
 
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job's message, ready to push: its id, sample count and serialised envelope."""
+
+    job_id: str
+    samples: int
+    envelope: str
+
+
 class Ledger:
     """Reads and writes job records; one per process, safe to share between threads."""
 
@@ -113,25 +150,23 @@ class Ledger:
         self.session_stream_max_jobs = session_stream_max_jobs
         self._store_once = client.register_script(_STORE_ONCE)
         self._mark_running = client.register_script(_MARK_RUNNING)
+        self._enqueue = client.register_script(_ENQUEUE)
 
-    def record_queued(self, pipe: Any, job_id: str, *, model: str, session_id: str | None,
-                      n_samples: int, submitted_at: float) -> None:
-        """Add a queued job's record to `pipe` (a Redis pipeline the caller executes)."""
-        key = keys.job(job_id)
-        pipe.hset(key, mapping={"state": JobState.QUEUED.value, "model": model,
-                                "session_id": session_id or "", "samples": n_samples,
-                                "submitted_at": submitted_at})
-        pipe.expire(key, self.ttl_s)
+    def enqueue(self, queue: str, jobs: list[QueuedJob], *, model: str,
+                session_id: str | None, submitted_at: float, limit: int) -> tuple[bool, int]:
+        """Push the jobs' messages with their records (and the session's counts) in one
+        atomic step, unless the queue would then hold more than `limit` (0: no limit).
 
-    def record_session_submitted(self, pipe: Any, session_id: str, *, model: str, jobs: int,
-                                 samples: int, submitted_at: float) -> None:
-        """Add to `pipe` the session's counts of what was just submitted to it."""
-        key = keys.session_stats(session_id)
-        pipe.hincrby(key, "jobs_submitted", jobs)
-        pipe.hincrby(key, "samples_submitted", samples)
-        pipe.hincrby(key, f"model:{model}:submitted", samples)
-        pipe.hsetnx(key, "first_submitted_at", submitted_at)
-        pipe.expire(key, self.ttl_s)
+        Returns:
+            (whether they were pushed, how many messages the queue holds).
+        """
+        session_key = keys.session_stats(session_id) if session_id else keys.session_stats("-")
+        args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at]
+        for job in jobs:
+            args += [job.samples, job.envelope]
+        accepted, queued = self._enqueue(
+            keys=[queue, session_key, *(keys.job(job.job_id) for job in jobs)], args=args)
+        return bool(accepted), int(queued)
 
     def mark_running(self, job_ids: Iterable[str]) -> None:
         """Record that a worker started these jobs, in one round trip (a job already

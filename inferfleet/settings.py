@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(86_400, ge=1)
     session_stream_max_jobs: int = Field(100_000, ge=1)
 
+    # Backpressure: jobs a model's queue may hold before `submit` refuses more (0: no
+    # limit). The broker never relies on eviction.
+    max_queued_jobs: int = Field(100_000, ge=0)
+
     # Limits on what one job may carry.
     max_job_samples: int = Field(100_000, ge=1)
     max_sample_elements: int = Field(1_000_000, ge=1)

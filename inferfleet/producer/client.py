@@ -19,8 +19,13 @@ import redis
 
 from inferfleet import keys
 from inferfleet.celery_app import make_app
-from inferfleet.errors import BadArgumentError, ResultTimeoutError, UnknownModelError
-from inferfleet.ledger import Ledger, payload_of, redis_text
+from inferfleet.errors import (
+    BadArgumentError,
+    QueueFullError,
+    ResultTimeoutError,
+    UnknownModelError,
+)
+from inferfleet.ledger import Ledger, QueuedJob, payload_of, redis_text
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
@@ -33,6 +38,8 @@ from inferfleet.validation import Limits, SampleColumn
 PUBLISH_CHUNK_JOBS = 64
 #: How long one BLPOP on a doorbell may block before the result is read again.
 _DOORBELL_SLICE_S = 1.0
+#: How often a submit waiting for room in a full queue looks again.
+ROOM_POLL_S = 0.05
 #: How long a published signature is trusted before it is read again.
 SIGNATURE_TTL_S = 5.0
 
@@ -118,37 +125,46 @@ class Client:
 
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
-               deadline_s: float | None = None, validate: bool = True) -> Job:
+               deadline_s: float | None = None, validate: bool = True,
+               wait_for_room_s: float = 0.0) -> Job:
         """Enqueue one job holding every sample of `samples` (first axis: samples).
+
+        If the model's queue is at `max_queued_jobs`, wait up to `wait_for_room_s` for
+        room, then raise.
 
         Raises:
             InvalidInputError: if validation rejects samples (nothing is enqueued).
             UnknownModelError: if `validate` and no worker serves `model`.
+            QueueFullError: if the model's queue has no room (nothing is enqueued).
             BadArgumentError: if the arguments cannot work.
         """
         return self._submit(model, samples, job_size=None, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
-                            deadline_s=deadline_s, validate=validate)[0]
+                            deadline_s=deadline_s, validate=validate,
+                            wait_for_room_s=wait_for_room_s)[0]
 
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
                     session_id: str | None = None, sample_ids: Sequence[str] | None = None,
                     model_version: str | None = None, deadline_s: float | None = None,
-                    validate: bool = True) -> list[Job]:
+                    validate: bool = True, wait_for_room_s: float = 0.0) -> list[Job]:
         """Split `samples` into jobs of `job_size` and enqueue them in pipelined chunks.
 
         Raises:
-            The same as `submit`; nothing is enqueued if any sample is invalid.
+            The same as `submit`; nothing is enqueued if any sample is invalid. A
+            `QueueFullError` lists, in `submitted`, the jobs enqueued before the queue
+            filled.
         """
         if job_size < 1:
             raise BadArgumentError(f"job_size must be >= 1, got {job_size!r}")
         return self._submit(model, samples, job_size=job_size, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
-                            deadline_s=deadline_s, validate=validate)
+                            deadline_s=deadline_s, validate=validate,
+                            wait_for_room_s=wait_for_room_s)
 
     def _submit(self, model: str, samples: Any, *, job_size: int | None,
                 session_id: str | None, sample_ids: Sequence[str] | None,
                 model_version: str | None, deadline_s: float | None,
-                validate: bool) -> list[Job]:
+                validate: bool, wait_for_room_s: float) -> list[Job]:
         _check_model_name(model)
         if session_id is not None:
             check_session_id(session_id)
@@ -182,29 +198,33 @@ class Client:
                     "sample_ids": None if ids is None else ids[start:start + size]},
                     min(start + size, total) - start)
                 for start in range(chunk_start, chunk_stop, size)]
-            self._publish(model, session_id, messages, submitted_at)
+            self._publish(model, session_id, messages, submitted_at, wait_for_room_s, jobs)
             jobs += [Job(m.job_id, model, m.samples, session_id, self) for m in messages]
         return jobs
 
     def _publish(self, model: str, session_id: str | None, messages: list[_Message],
-                 submitted_at: float) -> None:
-        # Each ledger record precedes its message in the pipeline, so that a fast worker
-        # never finds a job it cannot place.
+                 submitted_at: float, wait_for_room_s: float, submitted: list[Job]) -> None:
+        """Push the messages with their ledger records in one atomic round trip.
+
+        Raises:
+            QueueFullError: if the queue has no room for them within `wait_for_room_s`.
+        """
         queue = keys.model_queue(model)
-        pipe = self.redis.pipeline(transaction=False)
-        if session_id is not None:
-            self._ledger.record_session_submitted(
-                pipe, session_id, model=model, jobs=len(messages),
-                samples=sum(m.samples for m in messages), submitted_at=submitted_at)
-        for message in messages:
-            self._ledger.record_queued(pipe, message.job_id, model=model,
-                                       session_id=session_id, n_samples=message.samples,
-                                       submitted_at=submitted_at)
-            # The repr Flower shows; given so that nothing reprs the arrays.
-            kwargsrepr = f"{{model: {model!r}, samples: {message.samples}}}"
-            pipe.lpush(queue, task_envelope(self._app, message.job_id, queue, message.kwargs,
-                                            kwargsrepr))
-        pipe.execute()
+        # The repr Flower shows; given so that nothing reprs the arrays.
+        queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
+            self._app, m.job_id, queue, m.kwargs, f"{{model: {model!r}, samples: {m.samples}}}"))
+            for m in messages]
+        limit = self.settings.max_queued_jobs
+        deadline = time.monotonic() + wait_for_room_s
+        while True:
+            accepted, queued = self._ledger.enqueue(queue, queued_jobs, model=model,
+                                                    session_id=session_id,
+                                                    submitted_at=submitted_at, limit=limit)
+            if accepted:
+                return
+            if time.monotonic() >= deadline or len(messages) > limit:
+                raise QueueFullError(model, queued, limit, submitted)
+            time.sleep(ROOM_POLL_S)
 
     def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
         """The terminal result of any job, by its task id.

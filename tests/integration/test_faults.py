@@ -100,3 +100,34 @@ def test_a_job_past_its_deadline_is_not_computed_and_ends_expired(
             assert client.session_summary("deadlines").samples_expired == 3
     finally:
         stop_processes(started)
+
+
+def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> None:
+    import threading
+
+    from inferfleet import QueueFullError
+
+    model = "nobody_consumes_this"  # no worker serves it, so its queue only fills
+    queue = keys.model_queue(model)
+    one = np.zeros((1, 2), np.float32)
+    with Client(settings=settings.model_copy(update={"max_queued_jobs": 5})) as client:
+        for _ in range(5):
+            client.submit(model, one, validate=False)
+        with pytest.raises(QueueFullError, match="holds 5 jobs, its limit is 5") as full:
+            client.submit(model, one, validate=False)
+        assert full.value.submitted == [] and client.redis.llen(queue) == 5
+
+        # A consumer makes room: a waiting submit goes in once there is.
+        threading.Timer(0.3, lambda: client.redis.rpop(queue, 2)).start()
+        job = client.submit(model, one, validate=False, wait_for_room_s=10)
+        assert job.status() == "queued" and client.redis.llen(queue) == 4
+        client.redis.delete(queue)
+
+    with Client(settings=settings.model_copy(update={"max_queued_jobs": 100})) as client:
+        with pytest.raises(QueueFullError) as halfway:  # chunks of 64 jobs: 64 fit, 128 not
+            client.submit_many(model, np.zeros((130, 2), np.float32), job_size=1,
+                               validate=False)
+        submitted = halfway.value.submitted
+        assert len(submitted) == 64 and client.redis.llen(queue) == 64
+        assert all(job.status() == "queued" for job in submitted[:3])
+        client.redis.delete(queue)

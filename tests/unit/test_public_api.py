@@ -2,7 +2,8 @@ import inferfleet
 
 PUBLIC = [
     "AsyncClient", "BadArgumentError", "Client", "ConfigurationError", "ErrorCode", "ErrorInfo",
-    "InferfleetError", "InvalidInputError", "Job", "JobResult", "JobStatus", "ResultTimeoutError",
+    "InferfleetError", "InvalidInputError", "Job", "JobResult", "JobStatus", "QueueFullError",
+    "ResultTimeoutError",
     "SampleResult", "SampleStatus", "Settings", "UnknownModelError",
 ]
 
