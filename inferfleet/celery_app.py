@@ -33,6 +33,9 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
+            # kombu sweeps every interval * throttle seconds (100 s by default).
+            "unacked_restore_interval": settings.restore_sweep_s,
+            "unacked_restore_throttle": 1,
             # Bodies stay JSON text inside kombu's envelope: the arrays in them are
             # base64 already, and kombu's default would base64 the whole body again.
             "body_encoding": None,

@@ -203,7 +203,8 @@ def _dead(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "list":
             for index, entry in enumerate(letters.entries()):
                 print(f"{index}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.at))}"
-                      f"\t{entry.queue}\t{entry.job_id or '-'}\t{entry.reason}")
+                      f"\t{entry.queue}\t{entry.job_id or '-'}\t{entry.bytes} bytes"
+                      f"\t{entry.reason}")
         else:
             replayed = letters.replay(args.indexes or None)
             print(f"replayed {replayed} message(s) to their queues")

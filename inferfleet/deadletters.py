@@ -21,7 +21,8 @@ class DeadLetter:
     queue: str
     reason: str
     job_id: str | None
-    message: str
+    letter_id: str
+    bytes: int
     #: The list element itself, to remove exactly this entry.
     raw: str
 
@@ -43,18 +44,27 @@ class DeadLetters:
         return [DeadLetter(**json.loads(raw), raw=redis_text(raw))
                 for raw in self.client.lrange(keys.DEAD_LETTERS, 0, -1)]
 
+    def message(self, entry: DeadLetter) -> bytes | None:
+        """The whole message of a dead letter (None once its TTL passed)."""
+        raw = self.client.get(keys.dead_message(entry.letter_id))
+        return raw.encode() if isinstance(raw, str) else raw
+
     def replay(self, indexes: Sequence[int] | None = None) -> int:
-        """Push the messages at `indexes` (all if None) back onto their queues and off the
-        list, in one transaction; how many were replayed."""
+        """Push the messages at `indexes` (all if None) back onto their queues and take
+        them off the list; how many were replayed (a message past its TTL cannot be)."""
         entries = self.entries()
-        chosen = range(len(entries)) if indexes is None else sorted(set(indexes))
-        pipe = self.client.pipeline(transaction=True)
-        for index in chosen:
+        replayed = 0
+        for index in range(len(entries)) if indexes is None else sorted(set(indexes)):
             entry = entries[index]
-            pipe.rpush(entry.queue, entry.message)  # the consuming end: replayed first
+            message = self.message(entry)
+            pipe = self.client.pipeline(transaction=True)
+            if message is not None:
+                pipe.rpush(entry.queue, message)  # the consuming end: replayed first
+                replayed += 1
             pipe.lrem(keys.DEAD_LETTERS, 1, entry.raw)
-        pipe.execute()
-        return len(chosen)
+            pipe.delete(keys.dead_message(entry.letter_id))
+            pipe.execute()
+        return replayed
 
     def __enter__(self) -> DeadLetters:
         return self

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     INFERENCE_ERROR = "inference_error"
     INTERNAL_ERROR = "internal_error"
     MALFORMED_MESSAGE = "malformed_message"
+    TOO_MANY_DELIVERIES = "too_many_deliveries"
     EXPIRED = "expired"
 
 

@@ -13,8 +13,14 @@ PREFIX = "inferfleet"
 TASK_NAME = "inferfleet.predict"
 #: The queue a job goes to when it names no model queue (plain Celery clients).
 DEFAULT_QUEUE = PREFIX
-#: Messages no worker could take (not JSON, not an envelope, pickle), newest first.
+#: Messages no worker could take (not JSON, not an envelope, pickle) and jobs delivered
+#: too often, newest first; each entry names the key that holds its whole message.
 DEAD_LETTERS = f"{PREFIX}:dead"
+
+
+def dead_message(letter_id: str) -> str:
+    """The whole message of one dead letter (to replay it)."""
+    return f"{PREFIX}:dead:message:{letter_id}"
 #: Published model signatures, a hash of model name -> JSON (read by producers).
 MODELS_HASH = f"{PREFIX}:models"
 #: Celery's Redis result backend key prefix (celery.backends.base.KeyValueStoreBackend).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,10 +31,8 @@ from inferfleet.schemas import ErrorInfo, JobState, JobStatus, WireResult
 POLL_WINDOW = 512
 #: How often a reader waiting on its notify list also reads the missing results directly.
 NOTIFY_FALLBACK_S = 1.0
-#: A dead letter keeps at most this much of its message.
-DEAD_LETTER_MAX_BYTES = 1 << 20
-#: How long the terminal result of a dead-lettered job is kept (the transport that finds
-#: it has no settings; one day, the default result TTL).
+#: How long a dead letter's message, and the terminal result of a dead-lettered job, are
+#: kept (the transport that finds them has no settings; one day, the default result TTL).
 RESULT_TTL_FOR_DEAD_S = 86_400
 
 _TERMINAL = {status.value for status in JobStatus}
@@ -167,6 +166,15 @@ class Ledger:
         accepted, queued = self._enqueue(
             keys=[queue, session_key, *(keys.job(job.job_id) for job in jobs)], args=args)
         return bool(accepted), int(queued)
+
+    def count_redelivery(self, job_id: str) -> int:
+        """Record one more delivery of a job that came back; its deliveries so far (the
+        first delivery is never recorded, so that it costs nothing)."""
+        key = keys.job(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(key, "redeliveries", 1)
+        pipe.expire(key, self.ttl_s)
+        return int(pipe.execute()[0]) + 1
 
     def mark_running(self, job_ids: Iterable[str]) -> None:
         """Record that a worker started these jobs, in one round trip (a job already
@@ -309,9 +317,11 @@ def dead_letter(client: redis.Redis, *, queue: str, reason: str, raw: bytes | st
                 job_id: str | None, max_entries: int = 10_000) -> None:
     """Keep a message no worker can take on the dead-letter list, with why, newest first;
     if it names a job, that job's terminal result says so (it never reads pending)."""
-    entry = json.dumps({"at": time.time(), "queue": queue, "reason": reason,
-                        "job_id": job_id, "message": redis_text(raw)[:DEAD_LETTER_MAX_BYTES]})
+    letter_id = uuid.uuid4().hex
+    entry = json.dumps({"at": time.time(), "queue": queue, "reason": reason, "job_id": job_id,
+                        "letter_id": letter_id, "bytes": len(raw)})
     pipe = client.pipeline(transaction=False)
+    pipe.set(keys.dead_message(letter_id), raw, ex=RESULT_TTL_FOR_DEAD_S)
     pipe.lpush(keys.DEAD_LETTERS, entry)
     pipe.ltrim(keys.DEAD_LETTERS, 0, max_entries - 1)
     pipe.execute()

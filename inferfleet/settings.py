@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # after visibility_timeout_s, which must exceed the longest time a message is held.
     job_time_limit_s: float = Field(120.0, gt=0)
     visibility_timeout_s: float = Field(900.0, gt=0)
+    # How often a worker sweeps for messages whose visibility timeout passed (a job whose
+    # worker died comes back within about visibility_timeout_s + restore_sweep_s), and how
+    # many deliveries a job gets before it is dead-lettered (a job that kills its worker
+    # would otherwise come back forever: Redis keeps no delivery count).
+    restore_sweep_s: float = Field(10.0, gt=0)
+    max_deliveries: int = Field(3, ge=1)
     socket_timeout_s: float = Field(10.0, gt=0)
 
     # Retention of results, job ledgers and sessions in Redis; a session's stream keeps

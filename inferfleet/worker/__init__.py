@@ -40,7 +40,9 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
 
     @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
     def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        result = service.handle(str(task.request.id), kwargs, positional_args=len(args))
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        result = service.handle(str(task.request.id), kwargs, positional_args=len(args),
+                                redelivered=redelivered, app=app)
         failed = sum(status != "success" for status in result.sample_status)
         return {"status": result.status.value, "samples": len(result.sample_ids),
                 "failed": failed}

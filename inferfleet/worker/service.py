@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -18,15 +19,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
+from celery import Celery
 from pydantic import ValidationError
 
 from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, UnknownModelError, WireFormatError
-from inferfleet.ledger import Ledger
+from inferfleet.ledger import Ledger, dead_letter
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
 from inferfleet.models.runtime import OnnxModel
+from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob, validate
@@ -179,9 +182,18 @@ class InferenceService:
         logger.info("serving models %s", served)
         return served
 
-    def handle(self, job_id: str, kwargs: dict[str, Any], *,
-               positional_args: int = 0) -> WireResult:
-        """Run one job to its terminal result and store it (once)."""
+    def handle(self, job_id: str, kwargs: dict[str, Any], *, positional_args: int = 0,
+               redelivered: bool = False, app: Celery | None = None) -> WireResult:
+        """Run one job to its terminal result and store it (once).
+
+        A job delivered more than `max_deliveries` times (its worker died each time) is
+        not computed again: it ends `dead_lettered`, and a copy of it under a new job id
+        goes to the dead-letter list, to replay once its cause is fixed.
+        """
+        if redelivered:
+            deliveries = self.ledger.count_redelivery(job_id)
+            if deliveries > self.settings.max_deliveries:
+                return self._dead_letter(job_id, kwargs, deliveries, app)
         started = time.time()
         self.running.mark(job_id)
         with self.batcher.arriving() as arrival:
@@ -194,6 +206,20 @@ class InferenceService:
             self._finish(job_id, prepared, started)
         if not self.ledger.store_result(result, notify=_notify_list(kwargs)):
             logger.warning("job %s already had a terminal result; kept the first", job_id)
+        return result
+
+    def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int,
+                     app: Celery | None) -> WireResult:
+        reason = (f"delivered {deliveries} times without finishing (max_deliveries="
+                  f"{self.settings.max_deliveries}): its worker died each time")
+        logger.error("job %s dead-lettered: %s", job_id, reason)
+        result = failed_result(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
+                               status=JobStatus.DEAD_LETTERED)
+        queue = keys.model_queue(str(kwargs.get("model", "")))
+        copy = "" if app is None else task_envelope(
+            app, str(uuid.uuid4()), queue, kwargs, f"{{replay of {job_id}}}")
+        dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
+        self.ledger.store_result(result, notify=_notify_list(kwargs))
         return result
 
     def _prepare(self, job_id: str, kwargs: dict[str, Any], started: float,

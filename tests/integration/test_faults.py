@@ -60,14 +60,17 @@ def test_garbage_and_pickle_messages_are_dead_lettered_and_the_worker_keeps_serv
 
 
 def test_a_dead_letter_replayed_goes_back_to_its_queue(client: Client) -> None:
+    from inferfleet.ledger import dead_letter
+
     queue = "inferfleet.replay-test"  # consumed by no worker, so it stays to be seen
     with DeadLetters(client.redis) as letters:
-        client.redis.lpush(keys.DEAD_LETTERS, json.dumps({
-            "at": time.time(), "queue": queue, "reason": "test", "job_id": None,
-            "message": "payload"}))
+        dead_letter(client.redis, queue=queue, reason="test", raw=b"payload", job_id=None)
         before = len(letters.entries())
+        [newest] = letters.entries()[:1]
+        assert (newest.queue, newest.bytes) == (queue, 7)
         assert letters.replay([0]) == 1
         assert len(letters.entries()) == before - 1
+        assert letters.message(newest) is None
     assert client.redis.lrange(queue, 0, -1) == [b"payload"]
 
 
@@ -131,3 +134,43 @@ def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> N
         assert len(submitted) == 64 and client.redis.llen(queue) == 64
         assert all(job.status() == "queued" for job in submitted[:3])
         client.redis.delete(queue)
+
+
+def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveries(
+        fresh: Settings, tmp_path: Path, models_dir: Path) -> None:
+    # Short clocks so that a killed worker's job comes back within seconds.
+    env = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5", "prefetch_multiplier": "1",
+           "restore_sweep_s": "0.5", "max_deliveries": "2"}
+    start, started = worker_starter(fresh, tmp_path / "logs")
+    rows = np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
+    try:
+        start(models="digits_mlp", **env)
+        with Client(settings=fresh) as client:
+            job = client.submit("digits_mlp", rows)  # seconds of work on one thread
+            last_start = None
+            for _ in range(2):  # deliveries 1 and 2: killed while running
+                deadline = time.monotonic() + 60
+                # Each delivery marks the job running anew, with its own start time.
+                while (started_at := client.redis.hget(keys.job(job.id), "started_at")) in (
+                        None, last_start):
+                    assert time.monotonic() < deadline, f"job stuck in {job.status()}"
+                    time.sleep(0.02)
+                last_start = started_at
+                os.kill(started[-1].pid, 9)
+                started[-1].wait(10)
+                start(models="digits_mlp", **env)
+            result = job.result(timeout=60)  # delivery 3: not computed
+            assert result.status == "dead_lettered"
+            assert result.error is not None
+            assert result.error.code == ErrorCode.TOO_MANY_DELIVERIES
+            assert "delivered 3 times without finishing" in result.error.message
+            assert result.batch_ids == []
+            with DeadLetters(client.redis) as letters:
+                [entry] = [e for e in letters.entries() if "max_deliveries" in e.reason]
+                copy = json.loads(letters.message(entry) or b"")
+            assert copy["headers"]["task"] == keys.TASK_NAME
+            assert copy["headers"]["id"] != job.id  # a replay is a new job
+            after = client.submit("digits_mlp", rows[:10])
+            assert after.result(timeout=30).status == "succeeded"  # the worker serves on
+    finally:
+        stop_processes(started)
