@@ -3,6 +3,7 @@
     InferfleetError
     ├── ConfigurationError      settings that cannot work together
     ├── ServerError             the embedded Redis server or a fleet process failed to start
+    ├── BrokerError             Redis did not answer in time or refused the connection
     ├── WireFormatError         a message or array that does not follow the wire schema
     ├── InvalidInputError       samples rejected by validation before anything is enqueued
     ├── BadArgumentError        an API argument that cannot work (also a ValueError)
@@ -49,6 +50,10 @@ class ConfigurationError(InferfleetError):
 
 class ServerError(InferfleetError):
     """The embedded Redis server or another fleet process could not be started."""
+
+
+class BrokerError(InferfleetError, ConnectionError):
+    """Redis could not be reached, or did not answer within the socket timeout."""
 
 
 class WireFormatError(InferfleetError):

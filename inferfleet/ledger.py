@@ -203,7 +203,8 @@ class Ledger:
         return bool(stored)
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,
-                              timeout_s: float, landed_before: set[str]
+                              timeout_s: float, landed_before: set[str],
+                              block_s: float = NOTIFY_FALLBACK_S
                               ) -> Iterator[tuple[str, bytes | str]]:
         """(job id, stored meta) as results land, learning which landed from the `notify`
         list the jobs were submitted with: no polling while nothing happens.
@@ -211,8 +212,8 @@ class Ledger:
         `landed_before` is the caller's set of ids popped from `notify` by earlier reads
         that were not waiting for them: those are read first, and ids popped now for
         other jobs are added to it, so no notification is lost between calls. Every
-        `NOTIFY_FALLBACK_S` the results still missing are read directly, so jobs whose
-        notification another reader took are found too.
+        `block_s` (at most `NOTIFY_FALLBACK_S`) the results still missing are read
+        directly, so jobs whose notification another reader took are found too.
 
         Raises:
             ResultTimeoutError: naming a job still without a result after `timeout_s`.
@@ -225,8 +226,8 @@ class Ledger:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ResultTimeoutError(next(iter(missing)), timeout_s)
-                ready = self._pop_notified(notify, min(remaining, NOTIFY_FALLBACK_S),
-                                           missing, landed_before)
+                ready = self._pop_notified(notify, min(remaining, block_s), missing,
+                                           landed_before)
             for job_id, raw in self._read_landed(ready):
                 landed_before.discard(job_id)
                 del missing[job_id]

@@ -100,7 +100,7 @@ class Subscription(Iterator[SampleResult]):
     """
 
     def __init__(self, client: redis.Redis, session_id: str, *, after: str | None,
-                 from_start: bool, timeout_s: float) -> None:
+                 from_start: bool, timeout_s: float, block_s: float = _BLOCK_MS / 1000) -> None:
         self.client = client
         self.session_id = check_session_id(session_id)
         self._stream = keys.session_stream(session_id)
@@ -110,6 +110,7 @@ class Subscription(Iterator[SampleResult]):
         self.position: str | None = after
         self._entry, self._skip = self._start(after, from_start)
         self._finished = False
+        self._block_ms = max(1, int(min(block_s, _BLOCK_MS / 1000) * 1000))
 
     def _start(self, after: str | None, from_start: bool) -> tuple[str, int]:
         if after is not None:
@@ -138,7 +139,7 @@ class Subscription(Iterator[SampleResult]):
             # Counters first: every job they count as done is in the stream before they
             # are read, so an empty read after them means nothing is left to come.
             done = self._all_done()
-            block = None if done else _BLOCK_MS
+            block = None if done else self._block_ms
             entries = _stream_entries(self.client.xread({self._stream: self._entry},
                                                          count=_READ_COUNT, block=block))
             if entries:

@@ -8,12 +8,13 @@ pub/sub subscription.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 
@@ -21,6 +22,7 @@ from inferfleet import keys
 from inferfleet.celery_app import make_app
 from inferfleet.errors import (
     BadArgumentError,
+    BrokerError,
     QueueFullError,
     ResultTimeoutError,
     UnknownModelError,
@@ -31,8 +33,11 @@ from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
 from inferfleet.sessions import Subscription, check_session_id, summarise
-from inferfleet.settings import Settings, load_settings
+from inferfleet.settings import Settings, load_settings, mask_url
 from inferfleet.validation import Limits, SampleColumn
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Jobs whose messages are built and published per round trip in `submit_many`.
 PUBLISH_CHUNK_JOBS = 64
@@ -42,6 +47,20 @@ _DOORBELL_SLICE_S = 1.0
 ROOM_POLL_S = 0.05
 #: How long a published signature is trusted before it is read again.
 SIGNATURE_TTL_S = 5.0
+
+
+def _broker_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Raise a `BrokerError` naming the Redis and the timeout for connection failures."""
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            client = args[0]
+            settings = client.settings  # type: ignore[attr-defined]
+            raise BrokerError(f"Redis at {mask_url(settings.redis_url)} did not answer within "
+                              f"socket_timeout_s={settings.socket_timeout_s:g}: {exc}") from exc
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,8 @@ class Client:
                               max_sample_elements=settings.max_sample_elements)
         self._signatures: dict[str, tuple[float, ModelSignature]] = {}
         self.notify_list = keys.notify_list(uuid.uuid4().hex)
+        # A blocking read must end before the socket timeout would call it a failure.
+        self._block_s = min(_DOORBELL_SLICE_S, settings.socket_timeout_s / 2)
         # Jobs of this client whose notification was popped while waiting for others.
         self._landed: set[str] = set()
 
@@ -100,12 +121,14 @@ class Client:
         self.redis.close()
         self._app.close()
 
+    @_broker_errors
     def models(self) -> dict[str, ModelSignature]:
         """Signatures of every model some worker has published, by name."""
         raw = self.redis.hgetall(keys.MODELS_HASH)
         return {redis_text(name): ModelSignature.model_validate_json(value)
                 for name, value in raw.items()}
 
+    @_broker_errors
     def signature(self, model: str) -> ModelSignature:
         """The published signature of `model` (read again after `SIGNATURE_TTL_S`).
 
@@ -123,6 +146,7 @@ class Client:
         self._signatures[model] = (time.monotonic(), signature)
         return signature
 
+    @_broker_errors
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
                deadline_s: float | None = None, validate: bool = True,
@@ -143,6 +167,7 @@ class Client:
                             deadline_s=deadline_s, validate=validate,
                             wait_for_room_s=wait_for_room_s)[0]
 
+    @_broker_errors
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
                     session_id: str | None = None, sample_ids: Sequence[str] | None = None,
                     model_version: str | None = None, deadline_s: float | None = None,
@@ -226,6 +251,7 @@ class Client:
                 raise QueueFullError(model, queued, limit, submitted)
             time.sleep(ROOM_POLL_S)
 
+    @_broker_errors
     def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
         """The terminal result of any job, by its task id.
 
@@ -240,8 +266,9 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeoutError(job_id, timeout)
-            self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, _DOORBELL_SLICE_S))
+            self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, self._block_s))
 
+    @_broker_errors
     def results(self, job_ids: Iterable[str], *, timeout: float = 300.0) -> list[JobResult]:
         """Terminal results of many jobs, in the order given.
 
@@ -254,10 +281,12 @@ class Client:
         """
         ids = list(job_ids)
         landed = self._ledger.iter_notified_results(ids, self.notify_list, timeout_s=timeout,
-                                                    landed_before=self._landed)
+                                                    landed_before=self._landed,
+                                                    block_s=self._block_s)
         found = {job_id: JobResult.from_wire(payload_of(raw)) for job_id, raw in landed}
         return [found[job_id] for job_id in ids]
 
+    @_broker_errors
     def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (unknown and expired ids)."""
         return self._ledger.state(job_id)
@@ -274,8 +303,9 @@ class Client:
             BadArgumentError: for a malformed session id or position.
         """
         return Subscription(self.redis, session_id, after=after, from_start=from_start,
-                            timeout_s=timeout)
+                            timeout_s=timeout, block_s=self._block_s)
 
+    @_broker_errors
     def session_summary(self, session_id: str) -> SessionSummary:
         """Counts, success rate, latency percentiles and samples/s of a session, read from
         its counters (cheap while it runs)."""

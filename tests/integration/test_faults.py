@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -174,3 +175,26 @@ def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveri
             assert after.result(timeout=30).status == "succeeded"  # the worker serves on
     finally:
         stop_processes(started)
+
+
+def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
+        fresh: Settings) -> None:
+    from inferfleet.errors import BrokerError
+
+    one = np.zeros((1, 2), np.float32)
+    with Client(settings=fresh.model_copy(update={"socket_timeout_s": 1.0})) as client:
+        job = client.submit("paused_model", one, validate=False)
+        pid = int(client.redis.info("server")["process_id"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for call in (lambda: client.submit("paused_model", one, validate=False),
+                         lambda: client.status(job.id),
+                         lambda: client.result(job.id, timeout=30)):
+                started = time.monotonic()
+                with pytest.raises(BrokerError, match=r"did not answer within "
+                                                      r"socket_timeout_s=1"):
+                    call()
+                assert time.monotonic() - started < 5
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert client.submit("paused_model", one, validate=False).status() == "queued"
