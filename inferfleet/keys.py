@@ -21,6 +21,8 @@ DEAD_LETTERS = f"{PREFIX}:dead"
 def dead_message(letter_id: str) -> str:
     """The whole message of one dead letter (to replay it)."""
     return f"{PREFIX}:dead:message:{letter_id}"
+#: Jobs that have a deadline, scored by it, for the reaper (see `ledger.Ledger.reap`).
+DEADLINES = f"{PREFIX}:deadlines"
 #: Published model signatures, a hash of model name -> JSON (read by producers).
 MODELS_HASH = f"{PREFIX}:models"
 #: Celery's Redis result backend key prefix (celery.backends.base.KeyValueStoreBackend).

@@ -24,7 +24,7 @@ import redis
 from inferfleet import keys
 from inferfleet.codec import json_fallback
 from inferfleet.errors import ErrorCode, ResultTimeoutError
-from inferfleet.schemas import ErrorInfo, JobState, JobStatus, WireResult
+from inferfleet.schemas import ErrorInfo, JobState, JobStatus, SampleStatus, WireResult
 
 #: Results polled per MGET: the oldest outstanding ids, refilled as they land, so that
 #: waiting for a million jobs costs the same per poll as waiting for a few hundred.
@@ -71,21 +71,23 @@ end
 return 1
 """
 
-# KEYS: queue, session stats, then one job record per message.
-# ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, then per
-# message its sample count and its envelope. Refuses the lot if the queue has no room.
+# KEYS: queue, session stats, deadlines, then one job record per message.
+# ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, deadline_at
+# ('' for none), then per message its job id, sample count and envelope. Refuses the lot
+# if the queue has no room.
 _ENQUEUE = """
-local n = #KEYS - 2
+local n = #KEYS - 3
 local queued = redis.call('LLEN', KEYS[1])
 local limit = tonumber(ARGV[1])
 if limit > 0 and queued + n > limit then return {0, queued} end
 local total = 0
 for i = 1, n do
-  local samples = ARGV[4 + 2 * i]
-  redis.call('HSET', KEYS[2 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
+  local job_id, samples = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  redis.call('HSET', KEYS[3 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
              'samples', samples, 'submitted_at', ARGV[5])
-  redis.call('EXPIRE', KEYS[2 + i], ARGV[2])
-  redis.call('LPUSH', KEYS[1], ARGV[5 + 2 * i])
+  redis.call('EXPIRE', KEYS[3 + i], ARGV[2])
+  redis.call('LPUSH', KEYS[1], ARGV[6 + 3 * i])
+  if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
   total = total + samples
 end
 if ARGV[4] ~= '' then
@@ -106,6 +108,18 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+
+def _expired(job_id: str, record: dict[Any, Any]) -> WireResult:
+    """The terminal result of a job the reaper ends, from its ledger record."""
+    fields = {redis_text(k): redis_text(v) for k, v in record.items()}
+    n = int(fields.get("samples", 0))
+    return WireResult(
+        job_id=job_id, model=fields.get("model", ""), session_id=fields.get("session_id") or None,
+        status=JobStatus.EXPIRED, sample_ids=[str(i) for i in range(n)],
+        sample_status=[SampleStatus.EXPIRED] * n,
+        error=ErrorInfo(code=ErrorCode.EXPIRED, message="the deadline passed and no worker "
+                                                         "finished the job; it was reaped"))
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -152,7 +166,8 @@ class Ledger:
         self._enqueue = client.register_script(_ENQUEUE)
 
     def enqueue(self, queue: str, jobs: list[QueuedJob], *, model: str,
-                session_id: str | None, submitted_at: float, limit: int) -> tuple[bool, int]:
+                session_id: str | None, submitted_at: float, deadline_at: float | None,
+                limit: int) -> tuple[bool, int]:
         """Push the jobs' messages with their records (and the session's counts) in one
         atomic step, unless the queue would then hold more than `limit` (0: no limit).
 
@@ -160,12 +175,36 @@ class Ledger:
             (whether they were pushed, how many messages the queue holds).
         """
         session_key = keys.session_stats(session_id) if session_id else keys.session_stats("-")
-        args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at]
+        args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at,
+                           "" if deadline_at is None else deadline_at]
         for job in jobs:
-            args += [job.samples, job.envelope]
+            args += [job.job_id, job.samples, job.envelope]
         accepted, queued = self._enqueue(
-            keys=[queue, session_key, *(keys.job(job.job_id) for job in jobs)], args=args)
+            keys=[queue, session_key, keys.DEADLINES, *(keys.job(job.job_id) for job in jobs)],
+            args=args)
         return bool(accepted), int(queued)
+
+    def reap(self, *, grace_s: float, limit: int = 500) -> list[str]:
+        """End with `expired` the jobs whose deadline passed more than `grace_s` ago and
+        that have no result (their message was lost, or no worker took them); the ids
+        of those it ended. Safe to run from many workers at once: results are write-once.
+        """
+        due = [redis_text(i) for i in self.client.zrangebyscore(
+            keys.DEADLINES, "-inf", time.time() - grace_s, start=0, num=limit)
+            if isinstance(i, bytes | str)]
+        if not due:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in due:
+            pipe.exists(keys.result(job_id))
+            pipe.hgetall(keys.job(job_id))
+        replies = pipe.execute()
+        reaped = []
+        for job_id, has_result, record in zip(due, replies[::2], replies[1::2], strict=True):
+            if not has_result and self.store_result(_expired(job_id, record)):
+                reaped.append(job_id)
+        self.client.zrem(keys.DEADLINES, *due)
+        return reaped
 
     def count_redelivery(self, job_id: str) -> int:
         """Record one more delivery of a job that came back; its deliveries so far (the

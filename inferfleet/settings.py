@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # would otherwise come back forever: Redis keeps no delivery count).
     restore_sweep_s: float = Field(10.0, gt=0)
     max_deliveries: int = Field(3, ge=1)
+    # How often each worker ends (as expired) jobs whose deadline passed with no result
+    # (their message lost, or no worker free), job_time_limit_s after the deadline.
+    reaper_interval_s: float = Field(5.0, gt=0)
     socket_timeout_s: float = Field(10.0, gt=0)
 
     # Retention of results, job ledgers and sessions in Redis; a session's stream keeps

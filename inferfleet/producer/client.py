@@ -210,10 +210,11 @@ class Client:
                        checked_inputs(columns, signature, limits).items()}
         ids = _sample_ids(sample_ids, total)
         submitted_at = time.time()
+        deadline_at = None if deadline_s is None else submitted_at + deadline_s
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
                   "session_id": session_id, "submitted_at": submitted_at,
                   "notify": self.notify_list,
-                  "deadline_at": None if deadline_s is None else submitted_at + deadline_s}
+                  "deadline_at": deadline_at}
         jobs: list[Job] = []
         for chunk_start in range(0, total, size * PUBLISH_CHUNK_JOBS):
             chunk_stop = min(total, chunk_start + size * PUBLISH_CHUNK_JOBS)
@@ -223,12 +224,14 @@ class Client:
                     "sample_ids": None if ids is None else ids[start:start + size]},
                     min(start + size, total) - start)
                 for start in range(chunk_start, chunk_stop, size)]
-            self._publish(model, session_id, messages, submitted_at, wait_for_room_s, jobs)
+            self._publish(model, session_id, messages, submitted_at, deadline_at,
+                          wait_for_room_s, jobs)
             jobs += [Job(m.job_id, model, m.samples, session_id, self) for m in messages]
         return jobs
 
     def _publish(self, model: str, session_id: str | None, messages: list[_Message],
-                 submitted_at: float, wait_for_room_s: float, submitted: list[Job]) -> None:
+                 submitted_at: float, deadline_at: float | None, wait_for_room_s: float,
+                 submitted: list[Job]) -> None:
         """Push the messages with their ledger records in one atomic round trip.
 
         Raises:
@@ -244,7 +247,8 @@ class Client:
         while True:
             accepted, queued = self._ledger.enqueue(queue, queued_jobs, model=model,
                                                     session_id=session_id,
-                                                    submitted_at=submitted_at, limit=limit)
+                                                    submitted_at=submitted_at,
+                                                    deadline_at=deadline_at, limit=limit)
             if accepted:
                 return
             if time.monotonic() >= deadline or len(messages) > limit:

@@ -141,6 +141,26 @@ class RunningMarks:
             time.sleep(self.FLUSH_EVERY_S)
 
 
+class Reaper:
+    """Every `interval_s`, ends the jobs whose deadline passed `grace_s` ago unfinished."""
+
+    def __init__(self, ledger: Ledger, *, interval_s: float, grace_s: float) -> None:
+        self.ledger, self.interval_s, self.grace_s = ledger, interval_s, grace_s
+        threading.Thread(target=self._run, name="reaper", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            try:
+                reaped = self.ledger.reap(grace_s=self.grace_s)
+            except redis.RedisError:
+                logger.warning("reaper could not read deadlines", exc_info=True)
+                continue
+            if reaped:
+                logger.warning("reaped %d job(s) past their deadline: %s", len(reaped),
+                               reaped[:10])
+
+
 @dataclass
 class _Prepared:
     request: JobRequest
@@ -158,6 +178,8 @@ class InferenceService:
         self.ledger = Ledger(client, ttl_s=settings.result_ttl_s,
                              session_stream_max_jobs=settings.session_stream_max_jobs)
         self.running = RunningMarks(self.ledger)
+        self.reaper = Reaper(self.ledger, interval_s=settings.reaper_interval_s,
+                             grace_s=settings.job_time_limit_s)
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process())
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,

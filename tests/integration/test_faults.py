@@ -198,3 +198,23 @@ def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
         finally:
             os.kill(pid, signal.SIGCONT)
         assert client.submit("paused_model", one, validate=False).status() == "queued"
+
+
+def test_a_job_whose_message_was_lost_is_reaped_after_its_deadline(
+        fresh: Settings, tmp_path: Path) -> None:
+    start, started = worker_starter(fresh, tmp_path / "logs")
+    try:
+        start(models="digits", reaper_interval_s="0.2", job_time_limit_s="0.5")
+        with Client(settings=fresh) as client:
+            lost = client.submit("never_served", np.zeros((4, 2), np.float32),
+                                 deadline_s=0.3, session_id="reaped", validate=False)
+            client.redis.delete(keys.model_queue("never_served"))  # the message is lost
+            assert lost.status() == "queued"
+            result = lost.result(timeout=30)
+            assert result.status == "expired" and lost.status() == "expired"
+            assert [s.status for s in result.samples] == ["expired"] * 4
+            assert result.error is not None and "reaped" in result.error.message
+            assert client.session_summary("reaped").samples_expired == 4
+            assert client.redis.zcard(keys.DEADLINES) == 0
+    finally:
+        stop_processes(started)
