@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 from inferfleet.celery_app import make_app
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.errors import ServerError
@@ -64,7 +66,13 @@ def wait_for_workers(settings: Settings, names: Sequence[str], *, timeout_s: flo
             for process in processes:
                 if process.poll() is not None:
                     raise ServerError(f"{process.args!r} exited with {process.returncode}")
-            answered = {node for reply in app.control.ping(timeout=0.5) or [] for node in reply}
+            try:
+                replies = app.control.ping(timeout=0.5) or []
+            except (redis.ConnectionError, OSError):
+                # kombu pools connections per URL for the whole process: after a Redis
+                # restart the first use of a pooled one fails, and the next reconnects.
+                continue
+            answered = {node for reply in replies for node in reply}
             if all(any(node.startswith(name) for node in answered) for name in names):
                 return
     finally:

@@ -218,3 +218,31 @@ def test_a_job_whose_message_was_lost_is_reaped_after_its_deadline(
             assert client.redis.zcard(keys.DEADLINES) == 0
     finally:
         stop_processes(started)
+
+
+def test_redis_killed_and_restarted_with_aof_loses_no_queued_job(
+        tmp_path: Path, models_dir: Path) -> None:
+    from inferfleet.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    settings = load_settings(redis_url=server.url, models_dir=models_dir)
+    start, started = worker_starter(settings, tmp_path / "logs")
+    try:
+        start(models="digits")
+        stop_processes(started)
+        with Client(settings=settings) as client:
+            jobs = client.submit_many("digits", np.zeros((40, 64), np.float32), job_size=2,
+                                      session_id="aof")
+        assert server.process is not None
+        server.process.kill()  # SIGKILL: no shutdown save
+        server.process.wait(10)
+        server.start()  # same folder, same port: replays the AOF
+        with Client(settings=settings) as client:
+            assert client.redis.llen(keys.model_queue("digits")) == 20
+            start(models="digits")
+            results = client.results([job.id for job in jobs], timeout=60)
+            assert [r.status for r in results] == ["succeeded"] * 20
+            assert client.session_summary("aof").jobs_done == 20
+    finally:
+        stop_processes(started)
+        server.stop()
