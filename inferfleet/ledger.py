@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any
 
 import redis
@@ -297,50 +296,15 @@ class Ledger:
         if not ids:
             return {}
         raw = self.client.mget([keys.result(job_id) for job_id in ids])
-        return {job_id: _payload(value) for job_id, value in zip(ids, raw, strict=True)
+        return {job_id: payload_of(value) for job_id, value in zip(ids, raw, strict=True)
                 if value is not None}
-
-    def iter_raw_results(self, job_ids: Iterable[str], *, timeout_s: float
-                         ) -> Iterator[tuple[str, bytes | str]]:
-        """(job id, stored Celery meta) for each job as its result lands.
-
-        Jobs are polled oldest first, `POLL_WINDOW` at a time, with a pause that grows
-        while nothing lands.
-
-        Raises:
-            ResultTimeoutError: naming a job still without a result after `timeout_s`.
-        """
-        upcoming = iter(job_ids)
-        window = list(islice(upcoming, POLL_WINDOW))
-        deadline = time.monotonic() + timeout_s
-        pause_s = 0.0005
-        while window:
-            values = self.client.mget([keys.result(job_id) for job_id in window])
-            landed = [(i, v) for i, v in zip(window, values, strict=True) if v is not None]
-            yield from landed
-            if landed:
-                done = {job_id for job_id, _ in landed}
-                window = [job_id for job_id in window if job_id not in done]
-                window += islice(upcoming, len(done))
-                pause_s = 0.0005
-                continue
-            if time.monotonic() > deadline:
-                raise ResultTimeoutError(window[0], timeout_s)
-            time.sleep(pause_s)
-            pause_s = min(pause_s * 2, 0.05)
 
     def state(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (never pending forever)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(keys.job(job_id), "state")
         pipe.get(keys.result(job_id))
-        state, raw = pipe.execute()
-        if raw is not None:
-            return str(_payload(raw).get("status", JobState.UNKNOWN.value))
-        if state is None:
-            return JobState.UNKNOWN.value
-        state = state.decode() if isinstance(state, bytes) else str(state)
-        return state if state not in _TERMINAL else JobState.UNKNOWN.value
+        return state_of(*pipe.execute())
 
 
 def redis_text(value: bytes | str) -> str:
@@ -348,9 +312,15 @@ def redis_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def payload_of(raw: bytes | str) -> dict[str, Any]:
-    """The inferfleet result inside a stored Celery meta ({} if it holds none)."""
-    return _payload(raw)
+def state_of(recorded: bytes | str | None, result: bytes | str | None) -> str:
+    """A job's state from its ledger record's state and its stored result (either may be
+    missing): the result's status, else a live state, else unknown."""
+    if result is not None:
+        return str(payload_of(result).get("status", JobState.UNKNOWN.value))
+    if recorded is None:
+        return JobState.UNKNOWN.value
+    state = redis_text(recorded)
+    return state if state not in _TERMINAL else JobState.UNKNOWN.value
 
 
 def dead_letter(client: redis.Redis, *, queue: str, reason: str, raw: bytes | str,
@@ -372,7 +342,8 @@ def dead_letter(client: redis.Redis, *, queue: str, reason: str, raw: bytes | st
         Ledger(client, ttl_s=RESULT_TTL_FOR_DEAD_S).store_result(result)
 
 
-def _payload(raw: bytes | str) -> dict[str, Any]:
+def payload_of(raw: bytes | str) -> dict[str, Any]:
+    """The inferfleet result inside a stored Celery meta ({} if it holds none)."""
     meta = json.loads(raw)
     result = meta.get("result") if isinstance(meta, dict) else None
     return result if isinstance(result, dict) else {}

@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 
 from inferfleet import keys
 from inferfleet.errors import ResultTimeoutError
-from inferfleet.ledger import _payload, redis_text
+from inferfleet.ledger import payload_of, redis_text, state_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.client import Client, Job
-from inferfleet.schemas import JobResult, JobState, SampleResult, SessionSummary
+from inferfleet.schemas import JobResult, SampleResult, SessionSummary
 from inferfleet.sessions import check_session_id, summarise
 from inferfleet.settings import Settings
 
@@ -64,7 +64,7 @@ class AsyncClient:
         while True:
             raw = await self.redis.get(keys.result(job_id))
             if raw is not None:
-                return JobResult.from_wire(_payload(raw))
+                return JobResult.from_wire(payload_of(raw))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeoutError(job_id, timeout)
@@ -72,9 +72,8 @@ class AsyncClient:
 
     async def results(self, job_ids: Iterable[str], *, timeout: float = 300.0
                       ) -> list[JobResult]:
-        """Terminal results of many jobs, in order."""
-        return list(await asyncio.gather(*(self.result(job_id, timeout=timeout)
-                                           for job_id in job_ids)))
+        """`Client.results` (one notify list, not one wait per job), in a thread."""
+        return await asyncio.to_thread(self._sync.results, list(job_ids), timeout=timeout)
 
     async def subscribe(self, session_id: str, *, from_start: bool = True,
                         after: str | None = None, timeout: float = 60.0
@@ -92,10 +91,7 @@ class AsyncClient:
 
     async def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown."""
-        raw = await self.redis.get(keys.result(job_id))
-        if raw is not None:
-            return str(_payload(raw).get("status", JobState.UNKNOWN.value))
-        state = await self.redis.hget(keys.job(job_id), "state")
-        if state in (JobState.QUEUED.value.encode(), JobState.RUNNING.value.encode()):
-            return str(state.decode())
-        return JobState.UNKNOWN.value
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.job(job_id), "state")
+            pipe.get(keys.result(job_id))
+            return state_of(*await pipe.execute())
