@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from inferfleet.errors import ConfigurationError, InferfleetError
 from inferfleet.settings import Settings, load_settings
@@ -39,7 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferfleet", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    _fleet_commands(sub)
+    _job_commands(sub)
+    _operations_commands(sub)
+    return parser
 
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _fleet_commands(sub: Subparsers) -> None:
+    """up, demo, worker, flower: processes of the fleet."""
     up = sub.add_parser("up", help="embedded Redis + workers + Flower on this machine")
     up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="worker processes (default: one per core; each is GIL-bound)")
@@ -69,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     flower.add_argument("--address", default="127.0.0.1")
     flower.set_defaults(run=_flower)
 
+
+def _job_commands(sub: Subparsers) -> None:
+    """submit, watch, status: pushing work and following it."""
     submit = sub.add_parser("submit", help="push a .npy/.csv/.parquet file through the fleet")
     submit.add_argument("file", type=Path)
     submit.add_argument("--model", required=True)
@@ -84,15 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, default=3600.0)
     watch.set_defaults(run=_watch)
 
+    status = sub.add_parser("status", help="print one job's state (and result when done)")
+    status.add_argument("job_id")
+    status.set_defaults(run=_status)
+
+
+def _operations_commands(sub: Subparsers) -> None:
+    """dead, models, bench: looking after the fleet."""
     dead = sub.add_parser("dead", help="list or replay dead-lettered messages")
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument("indexes", nargs="*", type=int,
                       help="entries to replay, as numbered by 'list' (default: all)")
     dead.set_defaults(run=_dead)
-
-    status = sub.add_parser("status", help="print one job's state (and result when done)")
-    status.add_argument("job_id")
-    status.set_defaults(run=_status)
 
     models = sub.add_parser("models", help="list the models in the models folder")
     models.set_defaults(run=_models)
@@ -108,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", type=Path, help="write the results table here")
     bench.add_argument("--plot", type=Path, help="write a PNG plot here")
     bench.set_defaults(run=_bench)
-    return parser
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
