@@ -12,7 +12,6 @@ import json
 import math
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,6 +106,19 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+
+def _sample_counts(result: WireResult) -> dict[str, int]:
+    """Samples by status, from the errors rather than a walk over every sample: a job
+    fails as a whole (`error`: all its samples share the job's fate) or per sample."""
+    n = len(result.sample_status)
+    counts = {"success": 0, "failure": 0, "expired": 0}
+    if result.error is not None:
+        counts["expired" if result.status is JobStatus.EXPIRED else "failure"] = n
+    else:
+        counts["failure"] = len(result.errors)
+        counts["success"] = n - len(result.errors)
+    return counts
 
 
 def _expired(job_id: str, record: dict[Any, Any]) -> WireResult:
@@ -227,7 +239,7 @@ class Ledger:
         """Store the terminal result once, and push the job id onto `notify` (a
         `keys.notify_list`) if given; False if a result was already stored."""
         session = result.session_id
-        counts = Counter(status.value for status in result.sample_status)
+        counts = _sample_counts(result)
         stored = self._store_once(
             keys=[keys.result(result.job_id), keys.doorbell(result.job_id),
                   keys.job(result.job_id), notify or "",

@@ -84,7 +84,12 @@ def sample_ids_of(request_ids: list[str] | None, n_samples: int) -> list[str]:
     """The caller's sample ids, or each sample's index in its job."""
     if request_ids is not None and len(request_ids) == n_samples:
         return request_ids
-    return [str(i) for i in range(n_samples)]
+    while len(_INDEX_IDS) < n_samples:  # grown once, then sliced for every job
+        _INDEX_IDS.extend(str(i) for i in range(len(_INDEX_IDS), 2 * len(_INDEX_IDS) + 256))
+    return _INDEX_IDS[:n_samples]
+
+
+_INDEX_IDS: list[str] = []
 
 
 def failed_result(job_id: str, request: dict[str, Any], code: ErrorCode,
@@ -120,7 +125,9 @@ def compose_result(job_id: str, request: JobRequest, signature: ModelSignature,
     outputs = {} if outcome is None else {
         name: encode_column(_scatter(column, job.valid_index, n))
         for name, column in outcome.outputs.items()}
-    statuses = [SampleStatus.FAILURE if i in failed else SampleStatus.SUCCESS for i in range(n)]
+    statuses = [SampleStatus.SUCCESS] * n
+    for index in failed:
+        statuses[index] = SampleStatus.FAILURE
     return WireResult(
         job_id=job_id, model=request.model, model_version=signature.version,
         session_id=request.session_id, status=_job_status(len(failed), n),

@@ -32,6 +32,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+@pytest.fixture
+def private_settings(tmp_path: Path, models_dir: Path) -> Iterator[Settings]:
+    """Settings on a Redis of this test's own (for tests that start and stop workers)."""
+    server = start_redis(tmp_path / "redis")
+    yield load_settings(redis_url=server.url, models_dir=models_dir)
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def settings(redis_server: EmbeddedRedis, models_dir: Path) -> Settings:
     return load_settings(redis_url=redis_server.url, models_dir=models_dir)

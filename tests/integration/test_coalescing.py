@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import start_redis, worker_starter
+from conftest import worker_starter
 
 from inferfleet import Client
 from inferfleet.fleet import stop_processes
-from inferfleet.settings import Settings, load_settings
-
-
-@pytest.fixture
-def fresh_settings(tmp_path: Path, models_dir: Path) -> Iterator[Settings]:
-    server = start_redis(tmp_path / "redis")
-    yield load_settings(redis_url=server.url, models_dir=models_dir)
-    server.stop()
+from inferfleet.settings import Settings
 
 
 def test_200_concurrent_jobs_are_coalesced_into_far_fewer_onnx_calls(
-        fresh_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    start, started = worker_starter(fresh_settings, tmp_path / "logs")
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
+    start, started = worker_starter(private_settings, tmp_path / "logs")
     try:
         start(models="digits_mlp")  # publishes the signature, then is stopped
         stop_processes(started)
         x = np.load(models_dir / "digits" / "holdout.npz")["x"][:200]
-        with Client(settings=fresh_settings) as client:
+        with Client(settings=private_settings) as client:
             jobs = client.submit_many("digits_mlp", x, job_size=1)
             # A wide window makes the count depend on coalescing, not on this machine's
             # speed; the benchmark reports what the default window does.

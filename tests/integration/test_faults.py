@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_redis, worker_starter
+from conftest import worker_starter
 
 from inferfleet import Client, ErrorCode, keys
 from inferfleet.deadletters import DeadLetters
@@ -75,20 +74,13 @@ def test_a_dead_letter_replayed_goes_back_to_its_queue(client: Client) -> None:
     assert client.redis.lrange(queue, 0, -1) == [b"payload"]
 
 
-@pytest.fixture
-def fresh(tmp_path: Path, models_dir: Path) -> Iterator[Settings]:
-    server = start_redis(tmp_path / "redis")
-    yield load_settings(redis_url=server.url, models_dir=models_dir)
-    server.stop()
-
-
 def test_a_job_past_its_deadline_is_not_computed_and_ends_expired(
-        fresh: Settings, tmp_path: Path) -> None:
-    start, started = worker_starter(fresh, tmp_path / "logs")
+        private_settings: Settings, tmp_path: Path) -> None:
+    start, started = worker_starter(private_settings, tmp_path / "logs")
     try:
         start(models="digits")  # publishes the signature
         stop_processes(started)
-        with Client(settings=fresh) as client:
+        with Client(settings=private_settings) as client:
             late = client.submit("digits", np.zeros((3, 64), np.float32), deadline_s=0.2,
                                  session_id="deadlines")
             in_time = client.submit("digits", np.zeros((1, 64), np.float32), deadline_s=300)
@@ -138,15 +130,15 @@ def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> N
 
 
 def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveries(
-        fresh: Settings, tmp_path: Path, models_dir: Path) -> None:
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
     # Short clocks so that a killed worker's job comes back within seconds.
     env = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5", "prefetch_multiplier": "1",
            "restore_sweep_s": "0.5", "max_deliveries": "2"}
-    start, started = worker_starter(fresh, tmp_path / "logs")
+    start, started = worker_starter(private_settings, tmp_path / "logs")
     rows = np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
     try:
         start(models="digits_mlp", **env)
-        with Client(settings=fresh) as client:
+        with Client(settings=private_settings) as client:
             job = client.submit("digits_mlp", rows)  # seconds of work on one thread
             last_start = None
             for _ in range(2):  # deliveries 1 and 2: killed while running
@@ -178,11 +170,11 @@ def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveri
 
 
 def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
-        fresh: Settings) -> None:
+        private_settings: Settings) -> None:
     from inferfleet.errors import BrokerError
 
     one = np.zeros((1, 2), np.float32)
-    with Client(settings=fresh.model_copy(update={"socket_timeout_s": 1.0})) as client:
+    with Client(settings=private_settings.model_copy(update={"socket_timeout_s": 1.0})) as client:
         job = client.submit("paused_model", one, validate=False)
         pid = int(client.redis.info("server")["process_id"])
         os.kill(pid, signal.SIGSTOP)
@@ -201,11 +193,11 @@ def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
 
 
 def test_a_job_whose_message_was_lost_is_reaped_after_its_deadline(
-        fresh: Settings, tmp_path: Path) -> None:
-    start, started = worker_starter(fresh, tmp_path / "logs")
+        private_settings: Settings, tmp_path: Path) -> None:
+    start, started = worker_starter(private_settings, tmp_path / "logs")
     try:
         start(models="digits", reaper_interval_s="0.2", job_time_limit_s="0.5")
-        with Client(settings=fresh) as client:
+        with Client(settings=private_settings) as client:
             lost = client.submit("never_served", np.zeros((4, 2), np.float32),
                                  deadline_s=0.3, session_id="reaped", validate=False)
             client.redis.delete(keys.model_queue("never_served"))  # the message is lost
