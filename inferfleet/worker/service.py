@@ -238,8 +238,11 @@ class InferenceService:
         result = failed_result(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
                                status=JobStatus.DEAD_LETTERED)
         queue = keys.model_queue(str(kwargs.get("model", "")))
+        # A replay is a new job: the original's deadline, notify list and submit time
+        # belong to the original.
+        fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None}
         copy = "" if app is None else task_envelope(
-            app, str(uuid.uuid4()), queue, kwargs, f"{{replay of {job_id}}}")
+            app, str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
         self.ledger.store_result(result, notify=_notify_list(kwargs))
         return result

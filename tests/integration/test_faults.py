@@ -163,6 +163,8 @@ def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveri
                 copy = json.loads(letters.message(entry) or b"")
             assert copy["headers"]["task"] == keys.TASK_NAME
             assert copy["headers"]["id"] != job.id  # a replay is a new job
+            replay_kwargs = json.loads(copy["body"])[1]
+            assert replay_kwargs["deadline_at"] is None and replay_kwargs["notify"] is None
             after = client.submit("digits_mlp", rows[:10])
             assert after.result(timeout=30).status == "succeeded"  # the worker serves on
     finally:
