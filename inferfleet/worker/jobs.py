@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from inferfleet.codec import decode_array, encode_column
 from inferfleet.errors import ErrorCode, WireFormatError
 from inferfleet.models.config import ModelSignature
 from inferfleet.schemas import (
+    SESSION_ID_PATTERN,
     ErrorInfo,
     JobRequest,
     JobStatus,
@@ -66,18 +68,24 @@ def _decode_samples(values: list[Any], name: str,
     return samples
 
 
+#: A request that fails as a whole reports at most this many samples, whatever it claims.
+MAX_REPORTED_SAMPLES = 1_000_000
+
+
 def count_samples(request: dict[str, Any]) -> int:
-    """How many samples a (possibly invalid) request carries, as well as can be told."""
+    """How many samples a (possibly invalid) request carries, as well as can be told
+    (a claimed shape counts; never more than `MAX_REPORTED_SAMPLES`)."""
     ids = request.get("sample_ids")
     if isinstance(ids, list):
-        return len(ids)
+        return min(len(ids), MAX_REPORTED_SAMPLES)
     inputs = request.get("inputs")
     first = next(iter(inputs.values()), None) if isinstance(inputs, dict) and \
         not _is_encoded_array(inputs) else inputs
     if isinstance(first, list):
-        return len(first)
+        return min(len(first), MAX_REPORTED_SAMPLES)
     shape = first.get("shape") if isinstance(first, dict) else None
-    return shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 0
+    claimed = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 0
+    return max(0, min(claimed, MAX_REPORTED_SAMPLES))
 
 
 def sample_ids_of(request_ids: list[str] | None, n_samples: int) -> list[str]:
@@ -94,16 +102,23 @@ _INDEX_IDS: list[str] = []
 
 def failed_result(job_id: str, request: dict[str, Any], code: ErrorCode,
                   message: str, *, status: JobStatus = JobStatus.FAILED) -> WireResult:
-    """A result in which the whole job failed (or expired) for one reason."""
+    """A result in which the whole job failed (or expired) for one reason.
+
+    `request` may be anything a client sent: only fields of the right form are kept (a
+    malformed one must not stop the job from ending, nor name another session's keys).
+    """
     n_samples = count_samples(request)
     ids = request.get("sample_ids")
+    ids = ids if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else None
+    session_id = request.get("session_id")
     sample_status = SampleStatus.EXPIRED if status is JobStatus.EXPIRED else \
         SampleStatus.FAILURE
     return WireResult(
-        job_id=job_id, model=str(request.get("model", "")),
+        job_id=job_id, model=str(request.get("model", ""))[:64],
         model_version=_str_or_none(request.get("model_version")),
-        session_id=_str_or_none(request.get("session_id")), status=status,
-        sample_ids=sample_ids_of(ids if isinstance(ids, list) else None, n_samples),
+        session_id=session_id if isinstance(session_id, str)
+        and re.fullmatch(SESSION_ID_PATTERN, session_id) else None,
+        status=status, sample_ids=sample_ids_of(ids, n_samples),
         sample_status=[sample_status] * n_samples,
         error=ErrorInfo(code=code, message=message),
     )
