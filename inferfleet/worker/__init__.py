@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from inferfleet import keys
 from inferfleet.celery_app import make_app
@@ -40,9 +41,22 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
 
     @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
     def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        job_id = str(task.request.id)
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-        result = service.handle(str(task.request.id), kwargs, positional_args=len(args),
-                                redelivered=redelivered, app=app)
+        try:
+            try:
+                result = service.handle(job_id, kwargs, positional_args=len(args),
+                                        redelivered=redelivered, app=app)
+            except redis.RedisError:
+                raise
+            except Exception as exc:  # every job must end: a bug still gets a result
+                logger.exception("job %s failed unexpectedly", job_id)
+                result = service.fail(job_id, kwargs, exc)
+        except redis.RedisError as exc:
+            # The result could not be stored: the message goes back to run again, never
+            # acked without a result (kombu restores it if even this cannot reach Redis).
+            logger.warning("job %s: Redis failed (%s); requeued", job_id, exc)
+            raise Reject(f"Redis failed: {exc}", requeue=True) from exc
         failed = sum(status != "success" for status in result.sample_status)
         return {"status": result.status.value, "samples": len(result.sample_ids),
                 "failed": failed}

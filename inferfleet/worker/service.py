@@ -230,6 +230,17 @@ class InferenceService:
             logger.warning("job %s already had a terminal result; kept the first", job_id)
         return result
 
+    def fail(self, job_id: str, kwargs: dict[str, Any], exc: Exception) -> WireResult:
+        """End a job that raised unexpectedly with an `internal_error` result (once).
+
+        Raises:
+            redis.RedisError: if the result cannot be stored.
+        """
+        result = failed_result(job_id, kwargs, ErrorCode.INTERNAL_ERROR,
+                               f"{type(exc).__name__}: {exc}")
+        self.ledger.store_result(result, notify=_notify_list(kwargs))
+        return result
+
     def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int,
                      app: Celery | None) -> WireResult:
         reason = (f"delivered {deliveries} times without finishing (max_deliveries="

@@ -240,3 +240,30 @@ def test_redis_killed_and_restarted_with_aof_loses_no_queued_job(
     finally:
         stop_processes(started)
         server.stop()
+
+
+def test_a_job_whose_result_cannot_be_stored_runs_again_rather_than_being_lost(
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
+    env = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5", "prefetch_multiplier": "1",
+           "restore_sweep_s": "0.5", "socket_timeout_s": "1"}
+    start, started = worker_starter(private_settings, tmp_path / "logs")
+    rows = np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
+    try:
+        start(models="digits_mlp", **env)
+        with Client(settings=private_settings) as client:
+            job = client.submit("digits_mlp", rows)  # seconds of work on one thread
+            deadline = time.monotonic() + 60
+            while job.status() != "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            pid = int(client.redis.info("server")["process_id"])
+            os.kill(pid, signal.SIGSTOP)  # paused while the worker computes and stores
+            time.sleep(6)
+            os.kill(pid, signal.SIGCONT)
+            result = job.result(timeout=90)
+            assert result.status == "succeeded"
+            assert len(result.samples) == 100_000
+            # It did fail to store, and came back: its record counts a redelivery.
+            assert client.redis.hget(keys.job(job.id), "redeliveries") is not None
+    finally:
+        stop_processes(started)
