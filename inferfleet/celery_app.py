@@ -39,6 +39,8 @@ def make_app(settings: Settings) -> Celery:
             # Bodies stay JSON text inside kombu's envelope: the arrays in them are
             # base64 already, and kombu's default would base64 the whole body again.
             "body_encoding": None,
+            # Read by inferfleet.transport: bigger messages are dead-lettered unread.
+            "max_message_bytes": settings.max_message_bytes,
             **socket,
         },
         result_backend_transport_options=socket,

@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     # limit). The broker never relies on eviction.
     max_queued_jobs: int = Field(100_000, ge=0)
 
-    # Limits on what one job may carry.
+    # Limits on what one job may carry; a bigger message is refused by the producer and
+    # dead-lettered by a worker.
+    max_message_bytes: int = Field(64 * 2**20, ge=1024)
     max_job_samples: int = Field(100_000, ge=1)
     max_sample_elements: int = Field(1_000_000, ge=1)
 

@@ -37,6 +37,12 @@ ACCEPTED_CONTENT = "application/json"
 class Channel(kombu_redis.Channel):
     """A kombu Redis channel that reuses one client and dead-letters unusable messages."""
 
+    #: Messages above this many bytes are dead-lettered (0: no limit); set from the
+    #: broker's transport options like kombu's own options.
+    max_message_bytes = 0
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,
+                              "max_message_bytes")
+
     @cached_property
     def _shared_client(self) -> Any:
         return self._create_client()  # type: ignore[attr-defined]
@@ -70,7 +76,7 @@ class Channel(kombu_redis.Channel):
 
     def _usable(self, queue: str, item: bytes) -> dict[str, Any] | None:
         """The decoded envelope, or None after dead-lettering a message no task can use."""
-        problem, job_id, message = _problem_of(item)
+        problem, job_id, message = _problem_of(item, self.max_message_bytes)
         if problem is None:
             return message
         logger.error("dead-lettered a message from %s: %s", queue, problem)
@@ -78,12 +84,18 @@ class Channel(kombu_redis.Channel):
         return None
 
 
-def _problem_of(item: bytes) -> tuple[str | None, str | None, dict[str, Any] | None]:
+def _problem_of(item: bytes, max_bytes: int
+                ) -> tuple[str | None, str | None, dict[str, Any] | None]:
     """(why no task can use it or None, the job id it names, the decoded envelope)."""
     try:
         message = json.loads(bytes_to_str(item))
     except ValueError as exc:
         return f"not a JSON message: {exc}", None, None
+    if max_bytes and len(item) > max_bytes:
+        headers = message.get("headers") if isinstance(message, dict) else None
+        job_id = headers.get("id") if isinstance(headers, dict) else None
+        return (f"message of {len(item)} bytes is over max_message_bytes={max_bytes}",
+                job_id if isinstance(job_id, str) else None, None)
     if not isinstance(message, dict) or not isinstance(message.get("properties"), dict) \
             or "body" not in message:
         return "not a kombu message envelope", None, None

@@ -242,6 +242,11 @@ class Client:
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
             self._app, m.job_id, queue, m.kwargs, f"{{model: {model!r}, samples: {m.samples}}}"))
             for m in messages]
+        biggest = max(len(job.envelope) for job in queued_jobs)
+        if biggest > self.settings.max_message_bytes:
+            raise BadArgumentError(
+                f"a job's message would be {biggest} bytes, over max_message_bytes="
+                f"{self.settings.max_message_bytes}: submit fewer samples per job")
         limit = self.settings.max_queued_jobs
         deadline = time.monotonic() + wait_for_room_s
         while True:

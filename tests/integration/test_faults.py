@@ -267,3 +267,27 @@ def test_a_job_whose_result_cannot_be_stored_runs_again_rather_than_being_lost(
             assert client.redis.hget(keys.job(job.id), "redeliveries") is not None
     finally:
         stop_processes(started)
+
+
+def test_messages_over_the_byte_limit_are_refused_by_clients_and_dead_lettered_by_workers(
+        private_settings: Settings, tmp_path: Path) -> None:
+    from inferfleet.errors import BadArgumentError
+
+    start, started = worker_starter(private_settings, tmp_path / "logs")
+    try:
+        start(models="digits", max_message_bytes="200000")
+        big = np.zeros((1000, 64), np.float32)  # ~340 kB of base64
+        small = private_settings.model_copy(update={"max_message_bytes": 200_000})
+        with Client(settings=small) as client:
+            with pytest.raises(BadArgumentError, match="over max_message_bytes=200000"):
+                client.submit("digits", big)
+            assert client.redis.llen(keys.model_queue("digits")) == 0
+        with Client(settings=private_settings) as client:  # a client with a bigger limit
+            oversized = client.submit("digits", big, validate=False)
+            assert oversized.result(timeout=30).status == "dead_lettered"
+            assert client.submit("digits", big[:10]).result(timeout=30).status == "succeeded"
+            with DeadLetters(client.redis) as letters:
+                [entry] = letters.entries()
+            assert entry.job_id == oversized.id and "over max_message_bytes" in entry.reason
+    finally:
+        stop_processes(started)
