@@ -1,4 +1,5 @@
-"""Messages no worker can use, and jobs past their deadline: nothing lost, nothing pending."""
+"""Faults: messages no worker can use, workers and Redis that die or stall, full queues,
+deadlines. Nothing lost, nothing pending forever (see RELIABILITY.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import worker_starter
+from conftest import StartWorker, worker_starter
 
-from inferfleet import Client, ErrorCode, keys
+from inferfleet import Client, ErrorCode, Job, keys
 from inferfleet.deadletters import DeadLetters
-from inferfleet.fleet import stop_processes
+from inferfleet.fleet import Process, stop_processes
 from inferfleet.settings import Settings, load_settings
 
 
@@ -129,46 +132,61 @@ def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> N
         client.redis.delete(queue)
 
 
-def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveries(
-        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    # Short clocks so that a killed worker's job comes back within seconds.
-    env = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5", "prefetch_multiplier": "1",
-           "restore_sweep_s": "0.5", "max_deliveries": "2"}
-    start, started = worker_starter(private_settings, tmp_path / "logs")
-    rows = np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
+#: Short clocks, so that a job whose worker died comes back within seconds.
+SHORT_CLOCKS = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5",
+                "prefetch_multiplier": "1", "restore_sweep_s": "0.5"}
+
+
+def slow_rows(models_dir: Path) -> np.ndarray:
+    """100,000 held-out rows: seconds of work for digits_mlp on one thread."""
+    return np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
+
+
+@contextmanager
+def slow_job(settings: Settings, log_dir: Path, models_dir: Path, **env: str
+             ) -> Iterator[tuple[Client, Job, StartWorker, list[Process]]]:
+    """A digits_mlp worker with short clocks (and `env`) and a job that keeps it busy for
+    seconds; every worker started through it is stopped afterwards."""
+    start, started = worker_starter(settings, log_dir)
     try:
-        start(models="digits_mlp", **env)
-        with Client(settings=private_settings) as client:
-            job = client.submit("digits_mlp", rows)  # seconds of work on one thread
-            last_start = None
-            for _ in range(2):  # deliveries 1 and 2: killed while running
-                deadline = time.monotonic() + 60
-                # Each delivery marks the job running anew, with its own start time.
-                while (started_at := client.redis.hget(keys.job(job.id), "started_at")) in (
-                        None, last_start):
-                    assert time.monotonic() < deadline, f"job stuck in {job.status()}"
-                    time.sleep(0.02)
-                last_start = started_at
-                os.kill(started[-1].pid, 9)
-                started[-1].wait(10)
-                start(models="digits_mlp", **env)
-            result = job.result(timeout=60)  # delivery 3: not computed
-            assert result.status == "dead_lettered"
-            assert result.error is not None
-            assert result.error.code == ErrorCode.TOO_MANY_DELIVERIES
-            assert "delivered 3 times without finishing" in result.error.message
-            assert result.batch_ids == []
-            with DeadLetters(client.redis) as letters:
-                [entry] = [e for e in letters.entries() if "max_deliveries" in e.reason]
-                copy = json.loads(letters.message(entry) or b"")
-            assert copy["headers"]["task"] == keys.TASK_NAME
-            assert copy["headers"]["id"] != job.id  # a replay is a new job
-            replay_kwargs = json.loads(copy["body"])[1]
-            assert replay_kwargs["deadline_at"] is None and replay_kwargs["notify"] is None
-            after = client.submit("digits_mlp", rows[:10])
-            assert after.result(timeout=30).status == "succeeded"  # the worker serves on
+        start(models="digits_mlp", **SHORT_CLOCKS, **env)
+        with Client(settings=settings) as client:
+            yield client, client.submit("digits_mlp", slow_rows(models_dir)), start, started
     finally:
         stop_processes(started)
+
+
+def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveries(
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
+    with slow_job(private_settings, tmp_path / "logs", models_dir, max_deliveries="2") as (
+        client, job, start, started):
+        last_start = None
+        for _ in range(2):  # deliveries 1 and 2: killed while running
+            deadline = time.monotonic() + 60
+            # Each delivery marks the job running anew, with its own start time.
+            while (started_at := client.redis.hget(keys.job(job.id), "started_at")) in (
+                    None, last_start):
+                assert time.monotonic() < deadline, f"job stuck in {job.status()}"
+                time.sleep(0.02)
+            last_start = started_at
+            os.kill(started[-1].pid, 9)
+            started[-1].wait(10)
+            start(models="digits_mlp", **SHORT_CLOCKS, max_deliveries="2")
+        result = job.result(timeout=60)  # delivery 3: not computed
+        assert result.status == "dead_lettered"
+        assert result.error is not None
+        assert result.error.code == ErrorCode.TOO_MANY_DELIVERIES
+        assert "delivered 3 times without finishing" in result.error.message
+        assert result.batch_ids == []
+        with DeadLetters(client.redis) as letters:
+            [entry] = [e for e in letters.entries() if "max_deliveries" in e.reason]
+            copy = json.loads(letters.message(entry) or b"")
+        assert copy["headers"]["task"] == keys.TASK_NAME
+        assert copy["headers"]["id"] != job.id  # a replay is a new job
+        replay_kwargs = json.loads(copy["body"])[1]
+        assert replay_kwargs["deadline_at"] is None and replay_kwargs["notify"] is None
+        after = client.submit("digits_mlp", slow_rows(models_dir)[:10])
+        assert after.result(timeout=30).status == "succeeded"  # the worker serves on
 
 
 def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
@@ -244,29 +262,21 @@ def test_redis_killed_and_restarted_with_aof_loses_no_queued_job(
 
 def test_a_job_whose_result_cannot_be_stored_runs_again_rather_than_being_lost(
         private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    env = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5", "prefetch_multiplier": "1",
-           "restore_sweep_s": "0.5", "socket_timeout_s": "1"}
-    start, started = worker_starter(private_settings, tmp_path / "logs")
-    rows = np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
-    try:
-        start(models="digits_mlp", **env)
-        with Client(settings=private_settings) as client:
-            job = client.submit("digits_mlp", rows)  # seconds of work on one thread
-            deadline = time.monotonic() + 60
-            while job.status() != "running":
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            pid = int(client.redis.info("server")["process_id"])
-            os.kill(pid, signal.SIGSTOP)  # paused while the worker computes and stores
-            time.sleep(6)
-            os.kill(pid, signal.SIGCONT)
-            result = job.result(timeout=90)
-            assert result.status == "succeeded"
-            assert len(result.samples) == 100_000
-            # It did fail to store, and came back: its record counts a redelivery.
-            assert client.redis.hget(keys.job(job.id), "redeliveries") is not None
-    finally:
-        stop_processes(started)
+    with slow_job(private_settings, tmp_path / "logs", models_dir, socket_timeout_s="1") as (
+        client, job, _, _):
+        deadline = time.monotonic() + 60
+        while job.status() != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        pid = int(client.redis.info("server")["process_id"])
+        os.kill(pid, signal.SIGSTOP)  # paused while the worker computes and stores
+        time.sleep(6)
+        os.kill(pid, signal.SIGCONT)
+        result = job.result(timeout=90)
+        assert result.status == "succeeded"
+        assert len(result.samples) == 100_000
+        # It did fail to store, and came back: its record counts a redelivery.
+        assert client.redis.hget(keys.job(job.id), "redeliveries") is not None
 
 
 def test_messages_over_the_byte_limit_are_refused_by_clients_and_dead_lettered_by_workers(
