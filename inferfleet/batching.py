@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,8 +105,6 @@ class MicroBatcher:
         self._arriving = 0
         self._closed = False
         self._batch_numbers = itertools.count(1)
-        #: Calls made of `run_batch`, bisection retries included.
-        self.calls = 0
 
     @contextmanager
     def arriving(self) -> Iterator[Arrival]:
@@ -197,7 +195,9 @@ class MicroBatcher:
 
     def _take(self, lane: _Lane) -> list[_Request]:
         batch = [lane.pending.popleft()]
-        while lane.pending and batch_rows(batch) + lane.pending[0].rows <= self.max_batch_rows:
+        rows = batch[0].rows
+        while lane.pending and rows + lane.pending[0].rows <= self.max_batch_rows:
+            rows += lane.pending[0].rows
             batch.append(lane.pending.popleft())
         return batch
 
@@ -206,7 +206,7 @@ class MicroBatcher:
         batch_id = f"{self._name}-{next(self._batch_numbers)}"
         try:
             inputs = _concatenate([request.inputs for request in batch])
-            total = batch_rows(batch)
+            total = _rows(batch)
             segments = [segment
                         for start in range(0, total, self.max_batch_rows)
                         for segment in self._isolate(key, inputs, start,
@@ -235,8 +235,6 @@ class MicroBatcher:
     def _isolate(self, key: Hashable, inputs: Mapping[str, Array], start: int,
                  stop: int) -> list[_Segment]:
         """Run rows [start, stop); on failure bisect until failing rows stand alone."""
-        with self._cond:
-            self.calls += 1
         try:
             outputs = self._run_batch(key, {n: a[start:stop] for n, a in inputs.items()})
             _check_rows(outputs, stop - start)
@@ -251,13 +249,9 @@ class MicroBatcher:
                 self._isolate(key, inputs, middle, stop)
 
 
-def batch_rows(requests: list[_Request]) -> int:
+def _rows(requests: Iterable[_Request]) -> int:
     """Total rows of the requests."""
     return sum(request.rows for request in requests)
-
-
-def _rows(pending: deque[_Request]) -> int:
-    return sum(request.rows for request in pending)
 
 
 def _concatenate(inputs: list[Mapping[str, Array]]) -> dict[str, Array]:
