@@ -172,7 +172,8 @@ class MicroBatcher:
 
     def _run_and_release(self, key: Hashable, lane: _Lane, batch: list[_Request]) -> None:
         try:
-            self._run(key, batch)
+            if batch:
+                self._run(key, batch)
         finally:
             with self._cond:
                 lane.busy = False
@@ -194,11 +195,16 @@ class MicroBatcher:
             return self._take(lane)
 
     def _take(self, lane: _Lane) -> list[_Request]:
-        batch = [lane.pending.popleft()]
-        rows = batch[0].rows
-        while lane.pending and rows + lane.pending[0].rows <= self.max_batch_rows:
-            rows += lane.pending[0].rows
-            batch.append(lane.pending.popleft())
+        """The next batch from `lane.pending`, leaving out requests whose caller gave up
+        waiting (cancelled their future); it may be empty."""
+        batch: list[_Request] = []
+        rows = 0
+        while lane.pending and (not batch or
+                                rows + lane.pending[0].rows <= self.max_batch_rows):
+            request = lane.pending.popleft()
+            if request.future.set_running_or_notify_cancel():
+                batch.append(request)
+                rows += request.rows
         return batch
 
     def _run(self, key: Hashable, batch: list[_Request]) -> None:

@@ -38,8 +38,13 @@ _TERMINAL = {status.value for status in JobStatus}
 # KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream.
 # ARGV: meta JSON, ttl, status, finished_at, job id, model, samples by status (success,
 # failure, expired), latency bucket (or ''), stream length bound.
+# A refused write is counted in the job's record (`refused_writes`): a duplicate computed.
 _STORE_ONCE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('HINCRBY', KEYS[3], 'refused_writes', 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  return 0
+end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -121,7 +126,8 @@ def _sample_counts(result: WireResult) -> dict[str, int]:
     return counts
 
 
-def _expired(job_id: str, record: dict[Any, Any]) -> WireResult:
+def _expired(job_id: str, record: dict[Any, Any], *,
+             why: str = "no worker finished the job") -> WireResult:
     """The terminal result of a job the reaper ends, from its ledger record."""
     fields = {redis_text(k): redis_text(v) for k, v in record.items()}
     n = int(fields.get("samples", 0))
@@ -129,8 +135,8 @@ def _expired(job_id: str, record: dict[Any, Any]) -> WireResult:
         job_id=job_id, model=fields.get("model", ""), session_id=fields.get("session_id") or None,
         status=JobStatus.EXPIRED, sample_ids=[str(i) for i in range(n)],
         sample_status=[SampleStatus.EXPIRED] * n,
-        error=ErrorInfo(code=ErrorCode.EXPIRED, message="the deadline passed and no worker "
-                                                         "finished the job; it was reaped"))
+        error=ErrorInfo(code=ErrorCode.EXPIRED,
+                        message=f"the deadline passed and {why}; it was reaped"))
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -217,14 +223,26 @@ class Ledger:
         self.client.zrem(keys.DEADLINES, *due)
         return reaped
 
-    def count_redelivery(self, job_id: str) -> int:
-        """Record one more delivery of a job that came back; its deliveries so far (the
-        first delivery is never recorded, so that it costs nothing)."""
+    def end_if_forgotten(self, job_id: str) -> bool:
+        """End as `expired` a job past its deadline that Redis has no record of (lost
+        with a restart that kept no data); False if it has one, or a result."""
+        if self.client.exists(keys.job(job_id)):
+            return False
+        result = _expired(job_id, {}, why="Redis holds no record of it (its data was lost: "
+                                          "a restart without persistence?)")
+        return self.store_result(result)
+
+    def count_redelivery(self, job_id: str) -> tuple[int, bool]:
+        """Record one more delivery of a job that came back: its deliveries so far (the
+        first delivery is never recorded, so that it costs nothing), and whether it
+        already has a terminal result (its worker stored it, then died before the ack)."""
         key = keys.job(job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(key, "redeliveries", 1)
         pipe.expire(key, self.ttl_s)
-        return int(pipe.execute()[0]) + 1
+        pipe.exists(keys.result(job_id))
+        deliveries, _, has_result = pipe.execute()
+        return int(deliveries) + 1, bool(has_result)
 
     def mark_running(self, job_ids: Iterable[str]) -> None:
         """Record that a worker started these jobs, in one round trip (a job already
@@ -310,6 +328,11 @@ class Ledger:
         raw = self.client.mget([keys.result(job_id) for job_id in ids])
         return {job_id: payload_of(value) for job_id, value in zip(ids, raw, strict=True)
                 if value is not None}
+
+    def stored_result(self, job_id: str) -> WireResult | None:
+        """The job's stored terminal result, if it has one."""
+        raw = self.client.get(keys.result(job_id))
+        return None if raw is None else WireResult.model_validate(payload_of(raw))
 
     def state(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (never pending forever)."""

@@ -72,10 +72,17 @@ class Job:
     n_samples: int
     session_id: str | None
     client: Client = field(repr=False, compare=False)
+    #: When the job expires (epoch seconds), if it was submitted with a deadline.
+    deadline_at: float | None = None
 
     def result(self, timeout: float = 30.0) -> JobResult:
-        """The job's terminal result; raises `ResultTimeoutError` (a TimeoutError) if late."""
-        return self.client.result(self.id, timeout=timeout)
+        """The job's terminal result; raises `ResultTimeoutError` (a TimeoutError) if late.
+
+        A job with a deadline that Redis no longer knows of (a restart without
+        persistence lost it) ends `expired` once the deadline has passed: see
+        `Client.result`.
+        """
+        return self.client.result(self.id, timeout=timeout, deadline_at=self.deadline_at)
 
     def status(self) -> str:
         """queued, running, a terminal status, or unknown."""
@@ -226,7 +233,8 @@ class Client:
                 for start in range(chunk_start, chunk_stop, size)]
             self._publish(model, session_id, messages, submitted_at, deadline_at,
                           wait_for_room_s, jobs)
-            jobs += [Job(m.job_id, model, m.samples, session_id, self) for m in messages]
+            jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
+                     for m in messages]
         return jobs
 
     def _publish(self, model: str, session_id: str | None, messages: list[_Message],
@@ -261,8 +269,15 @@ class Client:
             time.sleep(ROOM_POLL_S)
 
     @_broker_errors
-    def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
+    def result(self, job_id: str, *, timeout: float = 30.0,
+               deadline_at: float | None = None) -> JobResult:
         """The terminal result of any job, by its task id.
+
+        `deadline_at` is the job's deadline (epoch seconds) where the caller knows it. A
+        job that Redis holds no record of (a restart without persistence lost its
+        message, record and deadline) is then ended here as `expired` once that deadline
+        is `job_time_limit_s` past, as the workers' reaper would have: stored once, so
+        nothing reads pending forever and no late worker overwrites it.
 
         Raises:
             ResultTimeoutError: (a TimeoutError) if none is stored within `timeout` seconds.
@@ -272,6 +287,10 @@ class Client:
             payload = self._ledger.read_results([job_id]).get(job_id)
             if payload is not None:
                 return JobResult.from_wire(payload)
+            if deadline_at is not None and time.time() > \
+                    deadline_at + self.settings.job_time_limit_s and \
+                    self._ledger.end_if_forgotten(job_id):
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeoutError(job_id, timeout)

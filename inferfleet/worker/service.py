@@ -161,6 +161,28 @@ class Reaper:
                                reaped[:10])
 
 
+class InFlightJobs:
+    """The job ids this process is running. When Redis drops a connection, kombu puts
+    the messages it held back in the queue at once, while their jobs still run here: the
+    second delivery of a job waits for the first instead of computing it again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, threading.Event] = {}
+
+    def begin(self, job_id: str) -> threading.Event | None:
+        """Claim `job_id`; None if claimed, else the event set when its runner ends."""
+        with self._lock:
+            running = self._running.get(job_id)
+            if running is None:
+                self._running[job_id] = threading.Event()
+            return running
+
+    def end(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id).set()
+
+
 @dataclass
 class _Prepared:
     request: JobRequest
@@ -187,6 +209,7 @@ class InferenceService:
                                     backlog=QueueBacklog(client), name=f"b{os.getpid()}")
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
+        self.in_flight = InFlightJobs()
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model, run it once, and publish its signature; the names served."""
@@ -210,10 +233,29 @@ class InferenceService:
 
         A job delivered more than `max_deliveries` times (its worker died each time) is
         not computed again: it ends `dead_lettered`, and a copy of it under a new job id
-        goes to the dead-letter list, to replay once its cause is fixed.
+        goes to the dead-letter list, to replay once its cause is fixed. A job that came
+        back with its result stored, or that this process is running already, is not
+        computed again either: the stored result is returned.
         """
+        while (earlier := self.in_flight.begin(job_id)) is not None:
+            earlier.wait()
+            if (stored := self.ledger.stored_result(job_id)) is not None:
+                logger.info("job %s delivered again while it ran here; not run twice", job_id)
+                return stored
+        try:
+            return self._handle(job_id, kwargs, positional_args=positional_args,
+                                redelivered=redelivered, app=app)
+        finally:
+            self.in_flight.end(job_id)
+
+    def _handle(self, job_id: str, kwargs: dict[str, Any], *, positional_args: int,
+                redelivered: bool, app: Celery | None) -> WireResult:
         if redelivered:
-            deliveries = self.ledger.count_redelivery(job_id)
+            deliveries, finished = self.ledger.count_redelivery(job_id)
+            # Stored by an earlier delivery whose worker died before the ack: ack it now.
+            if finished and (stored := self.ledger.stored_result(job_id)) is not None:
+                logger.info("job %s came back with its result stored; not run again", job_id)
+                return stored
             if deliveries > self.settings.max_deliveries:
                 return self._dead_letter(job_id, kwargs, deliveries, app)
         started = time.time()
@@ -304,6 +346,14 @@ class InferenceService:
         if prepared.future is not None:
             try:
                 outcome = prepared.future.result(timeout=self.settings.job_time_limit_s)
+            except TimeoutError:
+                prepared.future.cancel()  # not computed for nobody, if not begun yet
+                logger.error("job %s: no batch result within job_time_limit_s", job_id)
+                return failed_result(
+                    job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
+                    f"its batch did not finish within job_time_limit_s="
+                    f"{self.settings.job_time_limit_s:g} (the worker was busy with earlier "
+                    "batches)")
             except Exception as exc:  # a broken batch must still end this job
                 logger.exception("job %s: batch failed", job_id)
                 return failed_result(job_id, prepared.request.model_dump(),

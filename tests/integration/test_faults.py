@@ -10,17 +10,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import StartWorker, worker_starter
+from conftest import worker_starter
+from faultkit import SHORT_CLOCKS, slow_job, slow_rows
 
-from inferfleet import Client, ErrorCode, Job, keys
+from inferfleet import Client, ErrorCode, keys
 from inferfleet.deadletters import DeadLetters
-from inferfleet.fleet import Process, stop_processes
+from inferfleet.fleet import stop_processes
 from inferfleet.settings import Settings, load_settings
 
 
@@ -130,30 +129,6 @@ def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> N
         assert len(submitted) == 64 and client.redis.llen(queue) == 64
         assert all(job.status() == "queued" for job in submitted[:3])
         client.redis.delete(queue)
-
-
-#: Short clocks, so that a job whose worker died comes back within seconds.
-SHORT_CLOCKS = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5",
-                "prefetch_multiplier": "1", "restore_sweep_s": "0.5"}
-
-
-def slow_rows(models_dir: Path) -> np.ndarray:
-    """100,000 held-out rows: seconds of work for digits_mlp on one thread."""
-    return np.tile(np.load(models_dir / "digits" / "holdout.npz")["x"], (186, 1))[:100_000]
-
-
-@contextmanager
-def slow_job(settings: Settings, log_dir: Path, models_dir: Path, **env: str
-             ) -> Iterator[tuple[Client, Job, StartWorker, list[Process]]]:
-    """A digits_mlp worker with short clocks (and `env`) and a job that keeps it busy for
-    seconds; every worker started through it is stopped afterwards."""
-    start, started = worker_starter(settings, log_dir)
-    try:
-        start(models="digits_mlp", **SHORT_CLOCKS, **env)
-        with Client(settings=settings) as client:
-            yield client, client.submit("digits_mlp", slow_rows(models_dir)), start, started
-    finally:
-        stop_processes(started)
 
 
 def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveries(

@@ -83,6 +83,25 @@ def test_requests_queued_behind_a_running_batch_are_coalesced_and_split_back() -
     batcher.close()
 
 
+def test_requests_whose_callers_gave_up_are_left_out_of_the_batch() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
+    first = occupy(batcher, model)
+    abandoned = batcher.submit("m", rows(1, 2, 3))
+    kept = batcher.submit("m", rows(4))
+    assert abandoned.cancel()  # its job timed out waiting
+    model.release.set()
+    first.result(5).result(5)
+    np.testing.assert_array_equal(kept.result(5).outputs["y"], [[8]])
+    assert model.sizes() == [1, 1] and abandoned.cancelled()
+    only_abandoned = occupy(batcher, model)
+    assert batcher.submit("m", rows(5)).cancel()
+    model.release.set()
+    only_abandoned.result(5).result(5)
+    assert batcher.submit("m", rows(6)).result(5).batch_rows == 1  # the lane is free again
+    batcher.close()
+
+
 def test_keys_never_share_a_batch() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
