@@ -5,14 +5,18 @@ from __future__ import annotations
 from celery import Celery
 
 from inferfleet import keys
+from inferfleet.connections import plain_url, tls_options
 from inferfleet.settings import Settings
 from inferfleet.transport import TRANSPORT_PATH
 
 
 def make_app(settings: Settings) -> Celery:
     """A Celery app on `settings.redis_url` (broker and result backend), JSON only."""
-    app = Celery("inferfleet", broker=settings.redis_url, backend=settings.redis_url,
-                 set_as_current=False)
+    url = plain_url(settings.redis_url)
+    tls = tls_options(settings.redis_url)
+    app = Celery("inferfleet", broker=url, backend=url, set_as_current=False)
+    if tls is not None:  # rediss://: certificate checks on unless the URL says otherwise
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     socket = {"socket_timeout": settings.socket_timeout_s,
               "socket_connect_timeout": settings.socket_timeout_s}
     app.conf.update(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from inferfleet import keys
+from inferfleet.connections import redis_client
 from inferfleet.ledger import redis_text
 from inferfleet.settings import Settings
 
@@ -35,9 +36,7 @@ class DeadLetters:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeadLetters:
-        return cls(redis.Redis.from_url(settings.redis_url,
-                                        socket_timeout=settings.socket_timeout_s,
-                                        socket_connect_timeout=settings.socket_timeout_s))
+        return cls(redis_client(settings))
 
     def entries(self) -> list[DeadLetter]:
         """Every dead letter, newest first."""

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from inferfleet.errors import ModelLoadError
+from inferfleet.models.checks import check_external_data
 from inferfleet.models.config import ModelSignature, TensorSpec
 from inferfleet.models.registry import ModelEntry, signature_with_config
 
@@ -50,6 +51,7 @@ class OnnxModel:
         # The cores are shared with Redis and Celery's consumer thread: spinning
         # intra-op threads would steal their time between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        check_external_data(entry.path, name=entry.name)
         try:
             self.session = ort.InferenceSession(
                 str(entry.path), sess_options=options, providers=available_providers())

@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from inferfleet import keys
+from inferfleet.connections import client_options, plain_url
 from inferfleet.errors import ResultTimeoutError
 from inferfleet.ledger import payload_of, redis_text, state_of
 from inferfleet.models.config import ModelSignature
@@ -29,9 +30,8 @@ class AsyncClient:
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         self._sync = Client(redis_url, settings=settings)
         self.settings = self._sync.settings
-        self.redis = aioredis.Redis.from_url(
-            self.settings.redis_url, socket_timeout=self.settings.socket_timeout_s,
-            socket_connect_timeout=self.settings.socket_timeout_s)
+        self.redis = aioredis.Redis.from_url(plain_url(self.settings.redis_url),
+                                             **client_options(self.settings))
 
     async def __aenter__(self) -> AsyncClient:
         return self

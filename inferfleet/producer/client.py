@@ -20,6 +20,7 @@ import redis
 
 from inferfleet import keys
 from inferfleet.celery_app import make_app
+from inferfleet.connections import redis_client
 from inferfleet.errors import (
     BadArgumentError,
     BrokerError,
@@ -104,9 +105,7 @@ class Client:
             settings = load_settings(**({"redis_url": redis_url} if redis_url else {}))
         self.settings = settings
         self._app = make_app(settings)
-        self.redis = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_timeout_s)
+        self.redis = redis_client(settings)
         self._ledger = Ledger(self.redis, ttl_s=settings.result_ttl_s)
         self._limits = Limits(max_job_samples=settings.max_job_samples,
                               max_sample_elements=settings.max_sample_elements)

@@ -18,6 +18,7 @@ from celery.exceptions import Reject
 
 from inferfleet import keys
 from inferfleet.celery_app import make_app
+from inferfleet.connections import redis_client
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
 from inferfleet.worker.service import InferenceService
@@ -35,8 +36,7 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     """
     settings.check_visibility_timeout()
     app = make_app(settings)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.socket_timeout_s,
-                                  socket_connect_timeout=settings.socket_timeout_s)
+    client = redis_client(settings)
     service = InferenceService(settings, client)
 
     @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)

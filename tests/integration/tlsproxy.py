@@ -41,6 +41,7 @@ class TlsProxy:
 
     def _run(self) -> None:
         self._loop.run_until_complete(self._serve())
+        self._loop.close()
 
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
@@ -49,6 +50,10 @@ class TlsProxy:
         self._ready.set()
         async with server:
             await self._stopped.wait()
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

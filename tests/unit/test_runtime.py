@@ -50,3 +50,46 @@ def test_softmax_rows_sum_to_one_even_for_large_scores() -> None:
     probabilities = softmax(np.array([[1000.0, 1000.0], [0.0, 1.0]]))
     np.testing.assert_allclose(probabilities.sum(axis=1), [1, 1])
     assert pytest.approx(probabilities[0, 0]) == 0.5
+
+
+def _model_with_external_weights(folder: Path, location: str) -> Path:
+    """An Add model whose 4 float weights live in the external file `location`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4],
+                          data_location=TensorProto.EXTERNAL)
+    for key, value in {"location": location, "offset": "0", "length": "16"}.items():
+        entry = weights.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    (folder / "model").mkdir(parents=True)
+    onnx.save(model, str(folder / "model" / "model.onnx"))
+    return folder / "model"
+
+
+@pytest.mark.parametrize("where", ["../secret.bin", "/tmp/secret.bin", "link.bin"])
+def test_a_model_whose_external_data_lies_outside_its_folder_is_refused(
+        tmp_path: Path, where: str) -> None:
+    from inferfleet.errors import ModelLoadError
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    folder = _model_with_external_weights(tmp_path, where)
+    (folder / "link.bin").symlink_to(secret)
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        OnnxModel(Registry(tmp_path).entry("model"), intra_op_threads=1)
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path: Path) -> None:
+    folder = _model_with_external_weights(tmp_path, "weights.bin")
+    (folder / "weights.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    model = OnnxModel(Registry(tmp_path).entry("model"), intra_op_threads=1)
+    out = model.run({"x": np.ones((2, 4), np.float32)})
+    np.testing.assert_array_equal(next(iter(out.values())), [[1, 2, 3, 4]] * 2)

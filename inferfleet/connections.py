@@ -1,0 +1,69 @@
+"""Redis connections from settings: socket timeouts always, TLS for `rediss://` URLs.
+
+A `rediss://` URL gets certificate and hostname checks unless it says otherwise. Its
+query may name the files TLS needs, in redis-py's and Celery's own words:
+`ssl_ca_certs` (the CA bundle to trust; else the system's), `ssl_certfile` and
+`ssl_keyfile` (a client certificate), and `ssl_cert_reqs` (`required`, the default, or
+`none`, which turns checks off and is logged as a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from inferfleet.errors import ConfigurationError
+from inferfleet.settings import Settings, mask_url
+
+logger = logging.getLogger(__name__)
+
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "none": ssl.CERT_NONE}
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """The TLS keyword arguments of redis-py (and Celery's `*_use_ssl`) for `url`; None
+    for a plaintext URL.
+
+    Raises:
+        ConfigurationError: naming a TLS parameter with a value it cannot take.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    if reqs not in _CERT_REQS:
+        raise ConfigurationError(f"redis_url {mask_url(url)!r}: ssl_cert_reqs must be one of "
+                                 f"{sorted(_CERT_REQS)}, got {query['ssl_cert_reqs']!r}")
+    if reqs == "none":
+        logger.warning("redis_url %s: ssl_cert_reqs=none, the server's certificate is NOT "
+                       "checked", mask_url(url))
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs],
+                               "ssl_check_hostname": reqs == "required"}
+    options.update({name: query[name] for name in _TLS_FILES if name in query})
+    return options
+
+
+def plain_url(url: str) -> str:
+    """`url` without its TLS query parameters (they travel as keyword arguments)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in (*_TLS_FILES,
+                                                                      "ssl_cert_reqs")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for a redis-py client of `settings.redis_url`."""
+    return {"socket_timeout": settings.socket_timeout_s,
+            "socket_connect_timeout": settings.socket_timeout_s,
+            **(tls_options(settings.redis_url) or {})}
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A redis-py client of `settings.redis_url`, with its timeouts and TLS."""
+    return redis.Redis.from_url(plain_url(settings.redis_url), **client_options(settings))

@@ -1,0 +1,41 @@
+"""Checks on a model file before ONNX Runtime opens it.
+
+A model may keep its weights in external data files; their locations are written in the
+model and could point anywhere (`../../etc/shadow`, an absolute path, a symlink out). Only
+files inside the model's own folder are allowed, whatever ONNX Runtime's version checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+from inferfleet.errors import ModelLoadError
+
+
+def check_external_data(model_path: Path, *, name: str) -> None:
+    """Refuse a model whose external data lies outside its folder, or is missing.
+
+    Raises:
+        ModelLoadError: naming the tensor and the location.
+    """
+    folder = model_path.parent.resolve()
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelLoadError(f"model {name!r}: {model_path.name} is not an ONNX model: "
+                             f"{exc}") from exc
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        resolved = (folder / location).resolve()
+        if Path(location).is_absolute() or not resolved.is_relative_to(folder):
+            raise ModelLoadError(
+                f"model {name!r}: tensor {tensor.name!r} keeps its data at {location!r}, "
+                f"outside the model's folder; only files inside {folder} are read")
+        if not resolved.is_file():
+            raise ModelLoadError(f"model {name!r}: tensor {tensor.name!r} keeps its data in "
+                                 f"{location!r}, which does not exist")
