@@ -73,6 +73,9 @@ def _fleet_commands(sub: Subparsers) -> None:
     worker.add_argument("--models", help="comma-separated model names (default: all)")
     worker.add_argument("--hostname", help="Celery node name (default: inferfleet-PID@host)")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics here (default: INFERFLEET_METRICS_PORT;"
+                             " 0: none)")
     worker.set_defaults(run=_worker)
 
     flower = sub.add_parser("flower", help="run Flower for the fleet")
@@ -159,6 +162,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from inferfleet.worker import run_worker
 
     models = [m for m in (args.models or "").split(",") if m] or None
+    if args.metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
     run_worker(settings, models=models, hostname=args.hostname, loglevel=args.loglevel)
     return 0
 

@@ -112,7 +112,9 @@ class Fleet:
             self.redis.start()
         names = [f"worker{index}@" for index in range(self.workers)]
         for index, name in enumerate(names):
-            self._spawn(f"worker-{index}", ["worker", f"--hostname={name}%h"])
+            port = self.settings.metrics_port and self.settings.metrics_port + index
+            self._spawn(f"worker-{index}", ["worker", f"--hostname={name}%h",
+                                            f"--metrics-port={port}"])
         if self.flower:
             self._spawn("flower", ["flower", "--port", str(self.settings.flower_port)])
         try:

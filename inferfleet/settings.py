@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # `inferfleet up`: where the embedded server keeps its AOF, and Flower's port.
     data_dir: Path = Path(".inferfleet")
     flower_port: int = Field(5555, ge=0, le=65535)
+    # A worker's Prometheus /metrics port (0: none); `up` gives its worker N port + N.
+    metrics_port: int = Field(0, ge=0, le=65535)
     # "user:password" (comma-separated for several); required for Flower off loopback.
     flower_basic_auth: SecretStr | None = None
 

@@ -21,6 +21,7 @@ from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
+from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.service import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,14 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
 
 def run_worker(settings: Settings, *, models: list[str] | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
-    """Warm up the models, then run a Celery worker consuming their queues until stopped."""
+    """Warm up the models, then run a Celery worker consuming their queues until stopped
+    (with Prometheus metrics on `settings.metrics_port` unless it is 0)."""
     app, service = create_worker_app(settings)
     names = models or Registry(settings.models_dir).names()
     served = service.warm_up(names)
+    if settings.metrics_port:
+        service.metrics = WorkerMetrics(service.client, served)
+        service.metrics.serve(settings.metrics_port)
     queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
     node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
     app.worker_main([

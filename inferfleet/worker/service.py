@@ -34,6 +34,7 @@ from inferfleet.schemas import JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob, validate
 from inferfleet.worker.jobs import compose_result, decode_inputs, failed_result
+from inferfleet.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class InferenceService:
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
+        self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model, run it once, and publish its signature; the names served."""
@@ -268,7 +270,7 @@ class InferenceService:
                 self._prepare(job_id, kwargs, started, arrival)
         result = prepared if isinstance(prepared, WireResult) else \
             self._finish(job_id, prepared, started)
-        if not self.ledger.store_result(result, notify=_notify_list(kwargs)):
+        if not self._store(result, kwargs):
             logger.warning("job %s already had a terminal result; kept the first", job_id)
         return result
 
@@ -280,7 +282,7 @@ class InferenceService:
         """
         result = failed_result(job_id, kwargs, ErrorCode.INTERNAL_ERROR,
                                f"{type(exc).__name__}: {exc}")
-        self.ledger.store_result(result, notify=_notify_list(kwargs))
+        self._store(result, kwargs)
         return result
 
     def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int,
@@ -297,8 +299,16 @@ class InferenceService:
         copy = "" if app is None else task_envelope(
             app, str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
-        self.ledger.store_result(result, notify=_notify_list(kwargs))
+        self._store(result, kwargs)
         return result
+
+    def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
+        """Store the result once (False if one was stored already), and count it."""
+        started = time.perf_counter()
+        stored = self.ledger.store_result(result, notify=_notify_list(kwargs))
+        if stored and self.metrics is not None:
+            self.metrics.job_done(result, time.perf_counter() - started)
+        return stored
 
     def _prepare(self, job_id: str, kwargs: dict[str, Any], started: float,
                  arrival: Arrival) -> _Prepared | WireResult:
@@ -374,9 +384,15 @@ class InferenceService:
 
     def _run_batch(self, key: Hashable, inputs: Mapping[str, npt.NDArray[Any]]
                    ) -> dict[str, Column]:
-        model = self.pool.get(key[0])  # type: ignore[index]
-        config = self.pool.registry.entry(key[0]).config  # type: ignore[index]
-        return postprocess(model.run(inputs), config.postprocess, model.signature.labels)
+        name = str(key[0])  # type: ignore[index]
+        model = self.pool.get(name)
+        config = self.pool.registry.entry(name).config
+        started = time.perf_counter()
+        outputs = model.run(inputs)
+        if self.metrics is not None:
+            rows = len(next(iter(inputs.values())))
+            self.metrics.batch_done(name, rows, time.perf_counter() - started)
+        return postprocess(outputs, config.postprocess, model.signature.labels)
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

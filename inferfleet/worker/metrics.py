@@ -1,0 +1,131 @@
+"""Prometheus metrics of one worker process, served over HTTP on `metrics_port`.
+
+A worker is one process (Celery's threads pool, no prefork children), so the process's
+own registry counts everything it does; each worker process of a machine serves its own
+port (`inferfleet up` gives them consecutive ports). Queue depth and the age of the oldest
+waiting job are read from Redis when Prometheus scrapes, for every model a worker has
+published (and those this one serves): the signals an autoscaler such as KEDA scales
+workers on, including a model's queue that no worker consumes yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from inferfleet import keys
+from inferfleet.ledger import redis_text
+from inferfleet.schemas import WireResult
+
+logger = logging.getLogger(__name__)
+
+#: Seconds buckets from 0.5 ms to 2 min: queue, batch-wait, inference and write times.
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+            30, 120)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class WorkerMetrics:
+    """The metrics one worker records; `serve` starts their HTTP endpoint."""
+
+    def __init__(self, client: redis.Redis, models: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        self.models = list(models)
+        self.samples = Counter("inferfleet_samples", "Samples finished, by model and status.",
+                               ["model", "status"], registry=self.registry)
+        self.jobs = Counter("inferfleet_jobs", "Jobs ended, by model and terminal state.",
+                            ["model", "state"], registry=self.registry)
+        self.batch_rows = Histogram("inferfleet_batch_rows", "Rows per ONNX Runtime call.",
+                                    ["model"], buckets=_ROWS, registry=self.registry)
+        self.queue_seconds = Histogram(
+            "inferfleet_queue_seconds", "Time from submit until a worker took the job.",
+            ["model"], buckets=_SECONDS, registry=self.registry)
+        self.batch_wait_seconds = Histogram(
+            "inferfleet_batch_wait_seconds", "Time a job's rows waited for their batch.",
+            ["model"], buckets=_SECONDS, registry=self.registry)
+        self.inference_seconds = Histogram(
+            "inferfleet_inference_seconds", "Time of one batch's ONNX Runtime call(s).",
+            ["model"], buckets=_SECONDS, registry=self.registry)
+        self.result_write_seconds = Histogram(
+            "inferfleet_result_write_seconds", "Time to store one job's result in Redis.",
+            ["model"], buckets=_SECONDS, registry=self.registry)
+        self.registry.register(_QueueCollector(client, self))
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve `/metrics` on `port` from a daemon thread."""
+        start_http_server(port, addr=address, registry=self.registry)
+        logger.info("Prometheus metrics on http://%s:%d/metrics", address, port)
+
+    def job_done(self, result: WireResult, write_s: float) -> None:
+        """Count a stored job and its samples, and its times."""
+        model = result.model
+        self.jobs.labels(model, result.status.value).inc()
+        failed = len(result.errors) if result.error is None else len(result.sample_status)
+        status = "expired" if result.status.value == "expired" else "failure"
+        if failed:
+            self.samples.labels(model, status).inc(failed)
+        if len(result.sample_status) > failed:
+            self.samples.labels(model, "success").inc(len(result.sample_status) - failed)
+        self.result_write_seconds.labels(model).observe(write_s)
+        timings = result.timings
+        if timings is not None:
+            if timings.queued_ms is not None:
+                self.queue_seconds.labels(model).observe(timings.queued_ms / 1000)
+            if timings.batch_wait_ms is not None:
+                self.batch_wait_seconds.labels(model).observe(timings.batch_wait_ms / 1000)
+
+    def batch_done(self, model: str, rows: int, seconds: float) -> None:
+        self.batch_rows.labels(model).observe(rows)
+        self.inference_seconds.labels(model).observe(seconds)
+
+
+class _QueueCollector(Collector):
+    """Queue depth and oldest waiting job's age per served model, read at scrape time."""
+
+    def __init__(self, client: redis.Redis, metrics: WorkerMetrics) -> None:
+        self.client, self.metrics = client, metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("inferfleet_queue_depth",
+                                  "Jobs waiting in a model's queue.", labels=["model"])
+        age = GaugeMetricFamily("inferfleet_oldest_job_age_seconds",
+                                "Age of the oldest job waiting in a model's queue (0: none).",
+                                labels=["model"])
+        try:
+            published = {redis_text(name) for name in self.client.hkeys(keys.MODELS_HASH)}
+            models = sorted(published | set(self.metrics.models))
+            pipe = self.client.pipeline(transaction=False)
+            for model in models:
+                pipe.llen(keys.model_queue(model))
+                pipe.lindex(keys.model_queue(model), -1)  # consumers pop from the right
+            replies = pipe.execute()
+        except redis.RedisError:
+            logger.warning("metrics: could not read queue depths", exc_info=True)
+            return
+        now = time.time()
+        for model, length, oldest in zip(models, replies[::2], replies[1::2], strict=True):
+            depth.add_metric([model], int(length))
+            submitted = _submitted_at(oldest)
+            age.add_metric([model], max(0.0, now - submitted) if submitted else 0.0)
+        yield depth
+        yield age
+
+
+def _submitted_at(raw: bytes | None) -> float | None:
+    """The `submitted_at` of a queued message, if it is one of ours and says."""
+    if raw is None:
+        return None
+    try:
+        kwargs: Any = json.loads(json.loads(raw)["body"])[1]
+        value = kwargs.get("submitted_at")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
