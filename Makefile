@@ -30,6 +30,7 @@ integration: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check inferfleet tests scripts
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 mypy: $(STAMP)
 	$(BIN)/mypy
