@@ -59,6 +59,7 @@ class DeadLetters:
             pipe = self.client.pipeline(transaction=True)
             if message is not None:
                 pipe.rpush(entry.queue, message)  # the consuming end: replayed first
+                pipe.lpush(keys.queue_bell(entry.queue), "1")
                 replayed += 1
             pipe.lrem(keys.DEAD_LETTERS, 1, entry.raw)
             pipe.delete(keys.dead_message(entry.letter_id))

@@ -34,6 +34,12 @@ def model_queue(model: str) -> str:
     return f"{PREFIX}.{model}"
 
 
+def queue_bell(queue: str) -> str:
+    """Where producers ring when they push to `queue`: idle workers wait on the bells of
+    their queues instead of popping the queues themselves (see `inferfleet.transport`)."""
+    return f"{PREFIX}:bell:{queue}"
+
+
 def result(job_id: str) -> str:
     """Where a job's terminal result lives (Celery's backend format, JSON)."""
     return f"{CELERY_RESULT_PREFIX}{job_id}"

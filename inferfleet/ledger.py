@@ -74,25 +74,28 @@ end
 return 1
 """
 
-# KEYS: queue, session stats, deadlines, then one job record per message.
+# KEYS: queue, session stats, deadlines, the queue's bell, then one job record per message.
 # ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, deadline_at
 # ('' for none), then per message its job id, sample count and envelope. Refuses the lot
-# if the queue has no room.
+# if the queue has no room. Rings the bell once per message (up to 32: enough to wake
+# every idle worker of a machine), keeping at most 256 rings.
 _ENQUEUE = """
-local n = #KEYS - 3
+local n = #KEYS - 4
 local queued = redis.call('LLEN', KEYS[1])
 local limit = tonumber(ARGV[1])
 if limit > 0 and queued + n > limit then return {0, queued} end
 local total = 0
 for i = 1, n do
   local job_id, samples = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  redis.call('HSET', KEYS[3 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
+  redis.call('HSET', KEYS[4 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
              'samples', samples, 'submitted_at', ARGV[5])
-  redis.call('EXPIRE', KEYS[3 + i], ARGV[2])
+  redis.call('EXPIRE', KEYS[4 + i], ARGV[2])
   redis.call('LPUSH', KEYS[1], ARGV[6 + 3 * i])
   if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
   total = total + samples
 end
+for i = 1, math.min(n, 32) do redis.call('LPUSH', KEYS[4], '1') end
+redis.call('LTRIM', KEYS[4], 0, 255)
 if ARGV[4] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'jobs_submitted', n)
   redis.call('HINCRBY', KEYS[2], 'samples_submitted', total)
@@ -197,7 +200,8 @@ class Ledger:
         for job in jobs:
             args += [job.job_id, job.samples, job.envelope]
         accepted, queued = self._enqueue(
-            keys=[queue, session_key, keys.DEADLINES, *(keys.job(job.job_id) for job in jobs)],
+            keys=[queue, session_key, keys.DEADLINES, keys.queue_bell(queue),
+                  *(keys.job(job.job_id) for job in jobs)],
             args=args)
         return bool(accepted), int(queued)
 

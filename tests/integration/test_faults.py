@@ -74,6 +74,7 @@ def test_a_dead_letter_replayed_goes_back_to_its_queue(client: Client) -> None:
         assert len(letters.entries()) == before - 1
         assert letters.message(newest) is None
     assert client.redis.lrange(queue, 0, -1) == [b"payload"]
+    assert client.redis.llen(keys.queue_bell(queue)) == 1  # an idle worker wakes for it
 
 
 def test_a_job_past_its_deadline_is_not_computed_and_ends_expired(
