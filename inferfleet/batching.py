@@ -219,7 +219,8 @@ class MicroBatcher:
                                                      min(total, start + self.max_batch_rows))]
             outputs = _assemble(segments, total)
         except BaseException as exc:  # every waiter must hear of it, whatever it was
-            logger.exception("batch %s failed as a whole", batch_id)
+            logger.exception("batch %s failed as a whole", batch_id,
+                             extra={"batch_id": batch_id})
             for request in batch:
                 request.future.set_exception(exc)
             return

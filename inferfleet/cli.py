@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import re
 import signal
@@ -16,7 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from inferfleet.errors import ConfigurationError, InferfleetError
+from inferfleet import logs
+from inferfleet.errors import BadArgumentError, ConfigurationError, InferfleetError
+from inferfleet.models.config import TensorSpec
 from inferfleet.settings import Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -26,11 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one command; the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: "
-                                                     "%(message)s")
     try:
+        settings = load_settings()
+        logs.configure(args.log_level, json_lines=settings.log_format == "json")
         command: Command = args.run
-        return command(args, load_settings())
+        return command(args, settings)
     except InferfleetError as exc:
         print(f"inferfleet: {exc}", file=sys.stderr)
         return 2
@@ -114,7 +115,12 @@ def _operations_commands(sub: Subparsers) -> None:
                       help="entries to replay, as numbered by 'list' (default: all)")
     dead.set_defaults(run=_dead)
 
-    models = sub.add_parser("models", help="list the models in the models folder")
+    models = sub.add_parser("models", help="list the models in the models folder, or add one")
+    models.add_argument("action", nargs="?", choices=["list", "add"], default="list")
+    models.add_argument("file", nargs="?", type=Path, help="add: the .onnx file to install")
+    models.add_argument("--name", help="add: the model's name (an existing one: a new version)")
+    models.add_argument("--version", help="add: its version (default: the current one + 1)")
+    models.add_argument("--description", help="add: a line about it")
     models.set_defaults(run=_models)
 
     bench = sub.add_parser("bench", help="throughput and latency: raw ONNX Runtime, a "
@@ -271,12 +277,35 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.models.adding import add_model
     from inferfleet.models.registry import Registry
+    from inferfleet.models.runtime import OnnxModel
 
+    if args.action == "add":
+        if args.file is None or not args.name:
+            raise BadArgumentError("models add needs a FILE and --name")
+        model = add_model(settings.models_dir, args.file, args.name, version=args.version,
+                          description=args.description)
+        print(f"added {args.name} version {model.signature.version}; running workers load "
+              "it within a second or two")
+        return 0
     registry = Registry(settings.models_dir)
     for name in registry.names():
         entry = registry.entry(name)
+        try:
+            model = OnnxModel(entry, intra_op_threads=1, providers=settings.provider_list())
+        except InferfleetError as exc:
+            print(f"{name}\tcannot load: {exc}")
+            continue
+        sig = model.signature
         accuracy = entry.config.metrics.get("holdout_accuracy", "-")
-        print(f"{name}\tversion {entry.config.version}\taccuracy {accuracy}\t"
-              f"{entry.path.stat().st_size / 1e6:.2f} MB\t{entry.config.description}")
+        batch = f"fixed {sig.fixed_batch_size}" if sig.fixed_batch_size else "dynamic"
+        print(f"{name}\tversion {sig.version}\t"
+              f"inputs {_tensors(sig.inputs)}\toutputs {_tensors(sig.outputs)}\t"
+              f"batch axis {batch}\t{entry.path.stat().st_size / 1e6:.2f} MB\taccuracy {accuracy}\t"
+              f"providers {','.join(model.providers)}\t{entry.config.description}")
     return 0
+
+
+def _tensors(specs: Sequence[TensorSpec]) -> str:
+    return ",".join(f"{s.name}:{s.dtype}{[d or '?' for d in s.shape]}" for s in specs)

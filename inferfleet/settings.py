@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     # `inferfleet up`: where the embedded server keeps its AOF, and Flower's port.
     data_dir: Path = Path(".inferfleet")
     flower_port: int = Field(5555, ge=0, le=65535)
+    # ONNX Runtime execution providers, best first, comma-separated (default: CUDA when
+    # this onnxruntime build and the machine have it, else CPU; CPU is always the last).
+    execution_providers: str = ""
+    # Log lines as text, or one JSON object per line (with job, session, model and batch
+    # ids where a record has them).
+    log_format: Literal["text", "json"] = "text"
     # A worker's Prometheus /metrics port (0: none); `up` gives its worker N port + N.
     metrics_port: int = Field(0, ge=0, le=65535)
     # "user:password" (comma-separated for several); required for Flower off loopback.
@@ -124,6 +130,10 @@ class Settings(BaseSettings):
                 f"hold time (prefetch_multiplier + 1) * job_time_limit_s = {longest_hold_s:g}"
                 " s, or held messages are delivered twice"
             )
+
+    def provider_list(self) -> list[str]:
+        """`execution_providers` as a list (empty: the default choice)."""
+        return [name.strip() for name in self.execution_providers.split(",") if name.strip()]
 
     def ort_threads_per_process(self) -> int:
         """Intra-op threads for each ONNX Runtime session, so processes x threads fit."""

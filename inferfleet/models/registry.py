@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferfleet.errors import UnknownModelError
-from inferfleet.models.config import ModelConfig, ModelSignature, read_config
+from inferfleet.models.config import CONFIG_NAMES, ModelConfig, ModelSignature, read_config
 from inferfleet.schemas import MODEL_NAME_PATTERN
 
 MODEL_FILE = "model.onnx"
@@ -62,6 +62,25 @@ class Registry:
             if cached is None:
                 cached = self._entries[name] = self._find(name)
             return cached
+
+    def forget(self, name: str) -> None:
+        """Read `name`'s folder and config afresh on its next `entry`."""
+        with self._lock:
+            self._entries.pop(name, None)
+
+    def stamp(self, name: str) -> tuple[object, ...]:
+        """What changes when `name`'s model or config file does: (mtime, size) of each
+        (None for a missing one)."""
+        folder = self.models_dir / name
+        stamps: list[object] = []
+        for file in (MODEL_FILE, *CONFIG_NAMES):
+            try:
+                info = (folder / file).stat()
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
 
     def _find(self, name: str) -> ModelEntry:
         if not isinstance(name, str) or not _NAME.match(name):

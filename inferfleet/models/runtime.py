@@ -7,14 +7,14 @@ by the caller so that worker processes x threads fit the cores.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from inferfleet.errors import ModelLoadError
+from inferfleet.errors import ConfigurationError, ModelLoadError
 from inferfleet.models.checks import check_external_data
 from inferfleet.models.config import ModelSignature, TensorSpec
 from inferfleet.models.registry import ModelEntry, signature_with_config
@@ -33,18 +33,41 @@ _ONNX_DTYPES = {
 }
 
 
-def available_providers() -> list[str]:
-    """Execution providers to use: CUDA first when this onnxruntime build has it."""
+#: What a worker asks for when the settings name no providers.
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(requested: Sequence[str] = ()) -> list[str]:
+    """The execution providers to give ONNX Runtime, best first: those `requested`
+    (default: CUDA, then CPU) that this onnxruntime build has, with CPU always last.
+
+    A requested provider the build lacks (CUDA needs `onnxruntime-gpu`) is left out with
+    a warning, unless nothing was requested (then CPU alone is the expected default).
+
+    Raises:
+        ConfigurationError: naming a provider that onnxruntime does not know at all.
+    """
+    unknown = [name for name in requested if name not in ort.get_all_providers()]
+    if unknown:
+        raise ConfigurationError(f"execution_providers names unknown providers {unknown}; "
+                                 f"onnxruntime knows {ort.get_all_providers()}")
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    wanted = list(requested) or list(DEFAULT_PROVIDERS)
+    chosen = [name for name in wanted if name in available and name != CPU] + [CPU]
+    missing = [name for name in wanted if name not in available]
+    if missing and requested:
+        logger.warning("execution providers %s were asked for, but this onnxruntime build "
+                       "has only %s (CUDA needs onnxruntime-gpu and a GPU): using %s",
+                       missing, available, chosen)
+    return chosen
 
 
 class OnnxModel:
     """One model's InferenceSession, run on batches whose first axis is the samples."""
 
-    def __init__(self, entry: ModelEntry, *, intra_op_threads: int) -> None:
+    def __init__(self, entry: ModelEntry, *, intra_op_threads: int,
+                 providers: Sequence[str] = ()) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -52,14 +75,18 @@ class OnnxModel:
         # intra-op threads would steal their time between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         check_external_data(entry.path, name=entry.name)
+        self.config = entry.config
+        chosen = choose_providers(providers)
         try:
             self.session = ort.InferenceSession(
-                str(entry.path), sess_options=options, providers=available_providers())
+                str(entry.path), sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load model {entry.name!r}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
-        if "CUDAExecutionProvider" not in self.providers:
-            logger.info("model %s runs on CPU (providers: %s)", entry.name, self.providers)
+        if self.providers == [CPU]:
+            level = logging.WARNING if chosen != [CPU] else logging.INFO
+            logger.log(level, "model %s runs on CPU (asked for %s; onnxruntime %s has %s)",
+                       entry.name, chosen, ort.__version__, ort.get_available_providers())
         self.signature = signature_with_config(self._onnx_signature(entry), entry.config)
         self.output_names = self._output_names(entry)
 
@@ -118,3 +145,9 @@ def _concat(columns: list[Column]) -> Column:
     if all(isinstance(c, np.ndarray) for c in columns):
         return np.concatenate(columns)
     return [row for column in columns for row in column]
+
+
+def zeros_for(model: OnnxModel) -> dict[str, npt.NDArray[Any]]:
+    """One all-zero sample for each of the model's inputs (a warm-up run)."""
+    return {spec.name: np.zeros((1, *[d or 1 for d in spec.shape]), dtype=spec.dtype)
+            for spec in model.signature.inputs}

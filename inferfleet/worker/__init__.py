@@ -15,8 +15,9 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
+from celery.signals import setup_logging
 
-from inferfleet import keys
+from inferfleet import keys, logs
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.models.registry import Registry
@@ -70,6 +71,12 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
     """Warm up the models, then run a Celery worker consuming their queues until stopped
     (with Prometheus metrics on `settings.metrics_port` unless it is 0)."""
     app, service = create_worker_app(settings)
+
+    @setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:  # instead of Celery's own setup
+        logs.configure(loglevel, json_lines=settings.log_format == "json")
+
+    logs.configure(loglevel, json_lines=settings.log_format == "json")
     names = models or Registry(settings.models_dir).names()
     served = service.warm_up(names)
     if settings.metrics_port:
@@ -78,6 +85,8 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
     queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
     node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
     app.worker_main([
+        # --quiet (no banner) is Celery's global option: it comes before the command.
+        *(["--quiet"] if settings.log_format == "json" else []),
         "worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(queues)}", "--events", "--without-gossip", "--without-mingle",
         f"--hostname={node}", f"--loglevel={loglevel}",

@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 import redis
 from celery import Celery
@@ -26,6 +25,7 @@ from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, UnknownModelError, WireFormatError
 from inferfleet.ledger import Ledger, dead_letter
+from inferfleet.logs import job_context
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
 from inferfleet.models.runtime import OnnxModel
@@ -35,36 +35,9 @@ from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob, validate
 from inferfleet.worker.jobs import compose_result, decode_inputs, failed_result
 from inferfleet.worker.metrics import WorkerMetrics
+from inferfleet.worker.pool import ModelPool
 
 logger = logging.getLogger(__name__)
-
-
-class ModelPool:
-    """This process's ONNX Runtime sessions, built on first use and rebuilt after a fork."""
-
-    def __init__(self, registry: Registry, *, intra_op_threads: int) -> None:
-        self.registry = registry
-        self.intra_op_threads = intra_op_threads
-        self._lock = threading.Lock()
-        self._models: dict[str, OnnxModel] = {}
-        self._pid = os.getpid()
-
-    def get(self, name: str) -> OnnxModel:
-        """The loaded model `name`.
-
-        Raises:
-            UnknownModelError: if the registry does not serve it.
-            ModelLoadError: if its files cannot be loaded.
-        """
-        with self._lock:
-            if self._pid != os.getpid():  # sessions must not cross a fork
-                self._models, self._pid = {}, os.getpid()
-            model = self._models.get(name)
-            if model is None:
-                entry = self.registry.entry(name)
-                model = self._models[name] = OnnxModel(
-                    entry, intra_op_threads=self.intra_op_threads)
-            return model
 
 
 class QueueBacklog:
@@ -204,7 +177,8 @@ class InferenceService:
         self.reaper = Reaper(self.ledger, interval_s=settings.reaper_interval_s,
                              grace_s=settings.job_time_limit_s)
         self.pool = ModelPool(Registry(settings.models_dir),
-                              intra_op_threads=settings.ort_threads_per_process())
+                              intra_op_threads=settings.ort_threads_per_process(),
+                              providers=settings.provider_list(), on_load=self._publish)
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
                                     max_wait_ms=settings.max_wait_ms,
                                     backlog=QueueBacklog(client), name=f"b{os.getpid()}")
@@ -214,20 +188,23 @@ class InferenceService:
         self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
 
     def warm_up(self, names: list[str]) -> list[str]:
-        """Load each model, run it once, and publish its signature; the names served."""
+        """Load each model (a first run included) and publish its signature; the names
+        served."""
         served = []
         for name in names:
             try:
-                model = self.pool.get(name)
-                model.run(_zeros_for(model))
+                self.pool.get(name)
             except InferfleetError as exc:
                 logger.error("not serving model %s: %s", name, exc)
                 continue
-            signature = model.signature.model_copy(update={"providers": model.providers})
-            self.client.hset(keys.MODELS_HASH, name, signature.model_dump_json())
             served.append(name)
         logger.info("serving models %s", served)
         return served
+
+    def _publish(self, model: OnnxModel) -> None:
+        """Tell clients the signature (and providers) of a model version just loaded."""
+        signature = model.signature.model_copy(update={"providers": model.providers})
+        self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
 
     def handle(self, job_id: str, kwargs: dict[str, Any], *, positional_args: int = 0,
                redelivered: bool = False, app: Celery | None = None) -> WireResult:
@@ -245,8 +222,13 @@ class InferenceService:
                 logger.info("job %s delivered again while it ran here; not run twice", job_id)
                 return stored
         try:
-            return self._handle(job_id, kwargs, positional_args=positional_args,
-                                redelivered=redelivered, app=app)
+            with job_context(job_id, kwargs):
+                result = self._handle(job_id, kwargs, positional_args=positional_args,
+                                      redelivered=redelivered, app=app)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("job %s ended %s (%d samples, batches %s)", job_id,
+                                 result.status.value, len(result.sample_ids), result.batch_ids)
+                return result
         finally:
             self.in_flight.end(job_id)
 
@@ -339,7 +321,7 @@ class InferenceService:
             return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST, "the job has no samples")
         future = None
         if len(job.valid_index):
-            future = self.batcher.submit(_batch_key(request, job.inputs), job.inputs,
+            future = self.batcher.submit(_batch_key(model, job.inputs), job.inputs,
                                          arrival=arrival)
         return _Prepared(request, model, job, future)
 
@@ -384,15 +366,14 @@ class InferenceService:
 
     def _run_batch(self, key: Hashable, inputs: Mapping[str, npt.NDArray[Any]]
                    ) -> dict[str, Column]:
-        name = str(key[0])  # type: ignore[index]
-        model = self.pool.get(name)
-        config = self.pool.registry.entry(name).config
+        name: str = key[0]  # type: ignore[index]  # see _batch_key
+        model: OnnxModel = key[1]  # type: ignore[index]
         started = time.perf_counter()
         outputs = model.run(inputs)
         if self.metrics is not None:
             rows = len(next(iter(inputs.values())))
             self.metrics.batch_done(name, rows, time.perf_counter() - started)
-        return postprocess(outputs, config.postprocess, model.signature.labels)
+        return postprocess(outputs, model.config.postprocess, model.signature.labels)
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:
@@ -403,15 +384,12 @@ def _notify_list(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def _batch_key(request: JobRequest, inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:
-    """Jobs share a batch only for the same model and the same per-sample shapes."""
+def _batch_key(model: OnnxModel, inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:
+    """Jobs share a batch only for the same model version and per-sample shapes; the key
+    holds the model itself, so a batch runs on the version its jobs were checked against
+    even if a new one has loaded since."""
     shapes = tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
-    return (request.model, shapes)
-
-
-def _zeros_for(model: OnnxModel) -> dict[str, npt.NDArray[Any]]:
-    return {spec.name: np.zeros((1, *[d or 1 for d in spec.shape]), dtype=spec.dtype)
-            for spec in model.signature.inputs}
+    return (model.signature.name, model, shapes)
 
 
 def _brief(exc: ValidationError) -> str:

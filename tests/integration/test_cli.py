@@ -34,7 +34,10 @@ def test_the_demo_accounts_for_every_sample_and_matches_onnx_runtime(tmp_path: P
 def test_models_lists_the_shipped_models_with_accuracy(tmp_path: Path) -> None:
     done = run_cli("models", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^digits\tversion 1\taccuracy 0\.9\d+", done.stdout, re.MULTILINE)
+    assert re.search(r"^digits\tversion 1\tinputs pixels:float32\[64\]\toutputs "
+                     r"label:int64\[\],probabilities:float32\[10\]\tbatch axis dynamic\t"
+                     r"[0-9.]+ MB\taccuracy 0\.97\d+\tproviders CPUExecutionProvider\t",
+                     done.stdout, re.MULTILINE)
     assert re.search(r"^digits_mlp\t", done.stdout, re.MULTILINE)
 
 

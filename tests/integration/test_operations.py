@@ -109,8 +109,8 @@ def test_flower_shows_every_job_of_a_batch_with_its_state_and_runtime(
         assert status == 200 and info["name"] == "inferfleet.predict"
         assert info["state"] == "SUCCESS" and info["runtime"] > 0
         assert info["received"] and info["started"] and info["succeeded"]
-        status, body = http_get(f"{base}/api/workers?refresh=1", auth=auth)
-        assert status == 200 and any(name.startswith("test") for name in json.loads(body))
+        wait_until(lambda: any(name.startswith("test") for name in json.loads(
+            http_get(f"{base}/api/workers?refresh=1", auth=auth)[1])), what="/api/workers")
         status, body = http_get(f"{base}/metrics", auth=auth)
         assert status == 200
         succeeded = [s for family in text_string_to_metric_families(body.decode())
@@ -144,3 +144,81 @@ def test_workers_with_separate_model_sets_share_one_redis_and_get_only_their_job
             b.rsplit("-", 1)[0] for r in by_model["digits_mlp"] for b in r.batch_ids)
     finally:
         stop_processes(started)
+
+
+def test_a_version_added_while_workers_run_is_served_without_a_restart(
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    models = tmp_path / "models"
+    shutil.copytree(models_dir / "digits", models / "hot")
+    settings = private_settings.model_copy(update={"models_dir": models})
+    env = {**os.environ, "INFERFLEET_MODELS_DIR": str(models)}
+
+    def models_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "inferfleet", "models", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    start, started = worker_starter(settings, tmp_path / "logs")
+    try:
+        start(models="hot")
+        rows = holdout_rows(models_dir, 30)
+        with Client(settings=settings) as client:
+            assert client.submit("hot", rows).result(timeout=30).model_version == "1"
+            bad = tmp_path / "broken.onnx"
+            bad.write_bytes(b"not a model")
+            refused = models_cli("add", str(bad), "--name", "hot")
+            assert refused.returncode != 0 and "not an ONNX model" in refused.stderr
+            added = models_cli("add", str(models_dir / "digits_mlp" / "model.onnx"),
+                               "--name", "hot")
+            assert added.returncode == 0, added.stderr
+            assert "added hot version 2" in added.stdout
+
+            def served_version() -> str | None:
+                return client.submit("hot", rows).result(timeout=30).model_version
+            wait_until(lambda: served_version() == "2", timeout_s=30, what="version 2")
+
+            result = client.submit("hot", rows).result(timeout=30)
+            mlp = ort.InferenceSession(str(models_dir / "digits_mlp" / "model.onnx"))
+            expected = mlp.run(["probabilities"], {mlp.get_inputs()[0].name: rows})[0]
+            np.testing.assert_allclose(result.column("probabilities"), expected, rtol=1e-5)
+            pinned_old = client.submit("hot", rows[:1], model_version="1", validate=False)
+            old = pinned_old.result(timeout=30)
+            assert old.status == "failed" and old.error is not None
+            assert "version '1' is not served" in old.error.message
+            assert client.models()["hot"].version == "2"
+    finally:
+        stop_processes(started)
+
+
+def test_json_logs_are_one_object_per_line_with_the_jobs_ids(
+        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
+    from inferfleet.fleet import wait_for_workers
+
+    env = {**os.environ, "INFERFLEET_REDIS_URL": private_settings.redis_url,
+           "INFERFLEET_MODELS_DIR": str(models_dir), "INFERFLEET_LOG_FORMAT": "json"}
+    log = tmp_path / "worker.log"
+    worker = spawn(["worker", "--models", "digits", "--loglevel", "DEBUG",
+                    "--hostname", "jsonlogs@%h"], env=env, log_path=log)
+    try:
+        wait_for_workers(private_settings, ["jsonlogs@"], timeout_s=60, processes=[worker])
+        with Client(settings=private_settings) as client:
+            job = client.submit("digits", holdout_rows(models_dir, 3), session_id="logged")
+            result = job.result(timeout=30)
+        wait_until(lambda: job.id in log.read_text(), what="the job's log line")
+    finally:
+        stop_processes([worker])
+    # Every line is one JSON object, but Celery's own shutdown notice, which its signal
+    # handler writes straight to the terminal (logging is not safe there).
+    lines = [line for line in log.read_text().splitlines()
+             if line.strip() and not line.startswith("worker: Warm shutdown")]
+    records = [json.loads(line) for line in lines]
+    mine = [r for r in records if r.get("job_id") == job.id]
+    assert mine, records[-5:]
+    assert mine[-1]["session_id"] == "logged" and mine[-1]["model"] == "digits"
+    assert result.batch_ids[0] in mine[-1]["message"]
+    assert {"time", "level", "logger", "message"} <= set(records[0])

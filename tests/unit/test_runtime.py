@@ -93,3 +93,18 @@ def test_external_data_inside_the_folder_is_read(tmp_path: Path) -> None:
     model = OnnxModel(Registry(tmp_path).entry("model"), intra_op_threads=1)
     out = model.run({"x": np.ones((2, 4), np.float32)})
     np.testing.assert_array_equal(next(iter(out.values())), [[1, 2, 3, 4]] * 2)
+
+
+def test_execution_providers_fall_back_to_cpu_with_a_warning_naming_what_is_missing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from inferfleet.errors import ConfigurationError
+    from inferfleet.models.runtime import choose_providers
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert choose_providers() == (["CUDAExecutionProvider"] if has_cuda else []) + [
+        "CPUExecutionProvider"]
+    assert not caplog.records  # the default choice is not a problem
+    choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert "TensorrtExecutionProvider" in caplog.text and "onnxruntime-gpu" in caplog.text
+    with pytest.raises(ConfigurationError, match="unknown providers \\['CUDAProvider'\\]"):
+        choose_providers(["CUDAProvider"])
