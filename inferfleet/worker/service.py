@@ -227,7 +227,8 @@ class InferenceService:
                                       redelivered=redelivered, app=app)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("job %s ended %s (%d samples, batches %s)", job_id,
-                                 result.status.value, len(result.sample_ids), result.batch_ids)
+                                 result.status.value, len(result.sample_ids), result.batch_ids,
+                                 extra={"batch_id": ",".join(result.batch_ids) or None})
                 return result
         finally:
             self.in_flight.end(job_id)

@@ -220,5 +220,5 @@ def test_json_logs_are_one_object_per_line_with_the_jobs_ids(
     mine = [r for r in records if r.get("job_id") == job.id]
     assert mine, records[-5:]
     assert mine[-1]["session_id"] == "logged" and mine[-1]["model"] == "digits"
-    assert result.batch_ids[0] in mine[-1]["message"]
+    assert mine[-1]["batch_id"] == result.batch_ids[0]
     assert {"time", "level", "logger", "message"} <= set(records[0])
