@@ -39,17 +39,20 @@ from inferfleet.ledger import dead_letter
 
 logger = logging.getLogger(__name__)
 
-# KEYS: unacked hash, unacked index, then the queues in the order to try.  ARGV: now,
-# then per queue '1' if its consumer acks (else nothing is recorded: kombu never acks it).
-# Pops the oldest message of the first non-empty queue and, if it is an envelope with a
-# delivery tag, records it unacked exactly as kombu's QoS.append would: [message,
-# exchange, routing key]. Returns {queue, message} or false.
+# KEYS: unacked hash, unacked index, the n lists to try in order, then the queues' bells.
+# ARGV: now, n, then per list '1' if its consumer acks (else nothing is recorded: kombu
+# never acks it). Pops the oldest message of the first non-empty list and, if it is an
+# envelope with a delivery tag, records it unacked exactly as kombu's QoS.append would:
+# [message, exchange, routing key]. Returns {list, message}; or, with every list empty,
+# silences the bells (rings before now are stale; a later push rings anew) and returns
+# false.
 _TAKE = """
-for i = 3, #KEYS do
+local n = tonumber(ARGV[2])
+for i = 3, n + 2 do
   local item = redis.call('RPOP', KEYS[i])
   if item then
     local ok, message = false, nil
-    if ARGV[i - 1] == '1' then ok, message = pcall(cjson.decode, item) end
+    if ARGV[i] == '1' then ok, message = pcall(cjson.decode, item) end
     if ok and type(message) == 'table' and type(message.properties) == 'table' then
       local properties = message.properties
       local tag = properties.delivery_tag
@@ -63,6 +66,7 @@ for i = 3, #KEYS do
     return {KEYS[i], item}
   end
 end
+for i = n + 3, #KEYS do redis.call('DEL', KEYS[i]) end
 return false
 """
 
@@ -121,8 +125,10 @@ class Channel(kombu_redis.Channel):
             lists = [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
                      for queue, pri in order]
             acked = ["0" if queue in self._no_ack_queues else "1" for queue, _ in order]
-            command = ["EVAL", _TAKE, 2 + len(lists), self.unacked_key,
-                       self.unacked_index_key, *lists, time.time(), *acked]
+            bells = [keys.queue_bell(queue) for queue in queues]
+            command = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
+                       self.unacked_index_key, *lists, *bells, time.time(), len(lists),
+                       *acked]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         self.client.connection.send_command(*command)
