@@ -3,10 +3,12 @@
 - A message is taken from its queue and recorded as unacked in one atomic step (a Lua
   script), not popped by BRPOP and recorded by the worker afterwards: a worker killed
   between the two lost the message for good (seen in the mid-batch kill test). The
-  script cannot block, so a worker that finds its queues empty waits on their bells
-  (`keys.queue_bell`, rung by inferfleet's producers) for at most `idle_poll_s`, then
-  looks again; a message from a plain Celery client, which rings no bell, waits at most
-  that long for an idle worker.
+  script cannot block, so each read waits on the queues' bells (`keys.queue_bell`, rung
+  by inferfleet's producers, and kept ringing by the take while a queue holds messages)
+  for at most `idle_poll_s`, with the take sent right behind the wait: one round trip
+  per message, as BRPOP was. A message pushed by something that rings no bell (a plain
+  Celery client on kombu's own transport, kombu's restore) waits at most `idle_poll_s`
+  for an idle worker.
 
 - One Redis client per channel instead of one per call: kombu's `conn_or_acquire` built a
   new `redis.Redis` (over the same pool) for every publish and every ack; in a worker that
@@ -41,11 +43,12 @@ logger = logging.getLogger(__name__)
 
 # KEYS: unacked hash, unacked index, the n lists to try in order, then the queues' bells.
 # ARGV: now, n, then per list '1' if its consumer acks (else nothing is recorded: kombu
-# never acks it). Pops the oldest message of the first non-empty list and, if it is an
-# envelope with a delivery tag, records it unacked exactly as kombu's QoS.append would:
-# [message, exchange, routing key]. Returns {list, message}; or, with every list empty,
-# silences the bells (rings before now are stale; a later push rings anew) and returns
-# false.
+# never acks it), then per list the KEYS index of its queue's bell. Pops the oldest
+# message of the first non-empty list and, if it is an envelope with a delivery tag,
+# records it unacked exactly as kombu's QoS.append would: [message, exchange, routing
+# key]; rings the bell again if the list still holds messages, and returns {list,
+# message}. With every list empty it silences the bells (rings before now are stale;
+# a later push rings anew) and returns false.
 _TAKE = """
 local n = tonumber(ARGV[2])
 for i = 3, n + 2 do
@@ -62,6 +65,10 @@ for i = 3, n + 2 do
         redis.call('HSET', KEYS[1], tag, '[' .. item .. ', ' .. cjson.encode(info.exchange or '')
                    .. ', ' .. cjson.encode(info.routing_key or '') .. ']')
       end
+    end
+    local bell = KEYS[tonumber(ARGV[n + i])]
+    if redis.call('LLEN', KEYS[i]) > 0 and redis.call('LLEN', bell) == 0 then
+      redis.call('LPUSH', bell, '1')
     end
     return {KEYS[i], item}
   end
@@ -87,8 +94,6 @@ class Channel(kombu_redis.Channel):
     #: How long a worker whose queues were empty waits on their bells before it looks
     #: again (the longest an idle worker takes to see a message that rang no bell).
     idle_poll_s = 0.2
-    #: True after a take found every queue empty: the next read waits on the bells.
-    _idle = False
 
     @cached_property
     def _shared_client(self) -> Any:
@@ -117,21 +122,23 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
         if not queues:
             return
-        if self._idle:
-            command: list[Any] = ["BRPOP", *(keys.queue_bell(q) for q in queues),
-                                  self.idle_poll_s]
-        else:
-            order = [(queue, pri) for pri in self.priority_steps for queue in queues]
-            lists = [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
-                     for queue, pri in order]
-            acked = ["0" if queue in self._no_ack_queues else "1" for queue, _ in order]
-            bells = [keys.queue_bell(queue) for queue in queues]
-            command = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
-                       self.unacked_index_key, *lists, *bells, time.time(), len(lists),
-                       *acked]
-        self._in_poll = self.client.connection
+        order = [(index, queue, pri) for pri in self.priority_steps
+                 for index, queue in enumerate(queues)]
+        lists = [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
+                 for _, queue, pri in order]
+        acked = ["0" if queue in self._no_ack_queues else "1" for _, queue, _ in order]
+        bells = [keys.queue_bell(queue) for queue in queues]
+        bell_of_list = [3 + len(lists) + index for index, _, _ in order]  # Lua's KEYS index
+        wait = ["BRPOP", *bells, self.idle_poll_s]
+        take = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
+                self.unacked_index_key, *lists, *bells, time.time(), len(lists), *acked,
+                *bell_of_list]
+        # Wait for a ring and take right behind it, in one round trip: Redis runs the take
+        # as soon as the wait ends (at once while a queue holds messages: the take keeps
+        # its bell ringing).
+        connection = self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command(*command)
+        connection.send_packed_command(connection.pack_commands([wait, take]))
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -140,16 +147,14 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                # The wait's reply (a ring, or none after idle_poll_s), then the take's.
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
+                reply = self.client.parse_response(self.client.connection, "EVAL", **options)
             except self.connection_errors:  # type: ignore[attr-defined]  # kombu internal
                 # Disconnect, so that the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
                 raise
-            if self._idle:  # a bell rang, or the wait ended: look at the queues again
-                self._idle = False
-                raise Empty()
             if not reply:
-                self._idle = True
                 raise Empty()
             dest, item = reply
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
