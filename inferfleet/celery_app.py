@@ -40,6 +40,10 @@ def make_app(settings: Settings) -> Celery:
             # kombu sweeps every interval * throttle seconds (100 s by default).
             "unacked_restore_interval": settings.restore_sweep_s,
             "unacked_restore_throttle": 1,
+            # One worker sweeps at a time, under a lock that expires after this long. A
+            # worker killed while it held kombu's default (300 s) stopped every restore
+            # for five minutes; seen in the kill tests.
+            "unacked_mutex_expire": max(5.0, 2 * settings.restore_sweep_s),
             # Bodies stay JSON text inside kombu's envelope: the arrays in them are
             # base64 already, and kombu's default would base64 the whole body again.
             "body_encoding": None,
