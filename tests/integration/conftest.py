@@ -66,6 +66,14 @@ def worker_starter(settings: Settings, log_dir: Path
     return start, started
 
 
+@pytest.fixture
+def start_private_worker(private_settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    """Starts workers on this test's own Redis; all are stopped when the test ends."""
+    start, started = worker_starter(private_settings, tmp_path / "logs")
+    yield start
+    stop_processes(started)
+
+
 @pytest.fixture(scope="module")
 def start_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[StartWorker]:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import worker_starter
+from conftest import StartWorker
 from faultkit import (
     SHORT_CLOCKS,
     holdout_rows,
@@ -31,90 +31,80 @@ FEW_AT_A_TIME = {**SHORT_CLOCKS, "worker_concurrency": "2"}
 
 
 def test_a_job_delivered_again_after_its_result_is_stored_cannot_overwrite_it(
-        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    start, started = worker_starter(private_settings, tmp_path / "logs")
-    try:
-        start(models="digits")  # publishes the signature
-        stop_processes(started)
-        queue = keys.model_queue("digits")
-        with Client(settings=private_settings) as client:
-            jobs = client.submit_many("digits", holdout_rows(models_dir, 50), job_size=10)
-            copies = client.redis.lrange(queue, 0, -1)
-            start(models="digits")
-            ids = [job.id for job in jobs]
-            assert {r.status for r in client.results(ids, timeout=60)} == {"succeeded"}
-            first = stored_results(client, ids)
-            # The broker hands every message out once more (the copies carry no
-            # redelivered flag, so the worker cannot tell them from new jobs).
-            client.redis.lpush(queue, *copies)
-            wait_until(lambda: tally(client, ids).duplicates_computed == 5,
-                       what="every copy's write to be refused")
-            counts = tally(client, ids, first_seen=first)
-            assert (counts.by_state, counts.lost, counts.overwrites) == (
-                {"succeeded": 5}, 0, 0), counts
-            print(counts)
-    finally:
-        stop_processes(started)
+        private_settings: Settings, tmp_path: Path, models_dir: Path,
+        start_private_worker: StartWorker) -> None:
+    stop_processes([start_private_worker(models="digits")])  # publishes the signature
+    queue = keys.model_queue("digits")
+    with Client(settings=private_settings) as client:
+        jobs = client.submit_many("digits", holdout_rows(models_dir, 50), job_size=10)
+        copies = client.redis.lrange(queue, 0, -1)
+        start_private_worker(models="digits")
+        ids = [job.id for job in jobs]
+        assert {r.status for r in client.results(ids, timeout=60)} == {"succeeded"}
+        first = stored_results(client, ids)
+        # The broker hands every message out once more (the copies carry no
+        # redelivered flag, so the worker cannot tell them from new jobs).
+        client.redis.lpush(queue, *copies)
+        wait_until(lambda: tally(client, ids).duplicates_computed == 5,
+                   what="every copy's write to be refused")
+        counts = tally(client, ids, first_seen=first)
+        assert (counts.by_state, counts.lost, counts.overwrites) == (
+            {"succeeded": 5}, 0, 0), counts
+        print(counts)
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_while_another_serves_on(
-        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    start, started = worker_starter(private_settings, tmp_path / "logs")
-    try:
-        doomed = start(models="digits_mlp", **FEW_AT_A_TIME)
-        start(models="digits_mlp", **FEW_AT_A_TIME)
-        with Client(settings=private_settings) as client:
-            jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 120_000),
-                                      job_size=3000)
-            ids = [job.id for job in jobs]
-            wait_until(lambda: len(stored_results(client, ids)) >= 6, what="6 results")
-            first = stored_results(client, ids)
-            os.kill(doomed.pid, signal.SIGKILL)  # mid-batch: it holds jobs it has begun
-            killed_at = time.monotonic()
-            doomed.wait(10)
-            results = client.results(ids, timeout=120)
-            recovery = time.monotonic() - killed_at
-            counts = tally(client, ids, first_seen=first, recovery_s=recovery)
-            assert [r.status for r in results] == ["succeeded"] * 40, counts
-            assert (counts.lost, counts.overwrites, counts.duplicates_computed) == (0, 0, 0), \
-                counts
-            assert counts.redeliveries >= 1, counts  # what it held came back
-            assert all(len(r.samples) == 3000 for r in results)
-            print(counts)
-    finally:
-        stop_processes(started)
+        private_settings: Settings, tmp_path: Path, models_dir: Path,
+        start_private_worker: StartWorker) -> None:
+    doomed = start_private_worker(models="digits_mlp", **FEW_AT_A_TIME)
+    start_private_worker(models="digits_mlp", **FEW_AT_A_TIME)
+    with Client(settings=private_settings) as client:
+        jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 120_000),
+                                  job_size=3000)
+        ids = [job.id for job in jobs]
+        wait_until(lambda: len(stored_results(client, ids)) >= 6, what="6 results")
+        first = stored_results(client, ids)
+        os.kill(doomed.pid, signal.SIGKILL)  # mid-batch: it holds jobs it has begun
+        killed_at = time.monotonic()
+        doomed.wait(10)
+        results = client.results(ids, timeout=120)
+        recovery = time.monotonic() - killed_at
+        counts = tally(client, ids, first_seen=first, recovery_s=recovery)
+        assert [r.status for r in results] == ["succeeded"] * 40, counts
+        assert (counts.lost, counts.overwrites, counts.duplicates_computed) == (0, 0, 0), \
+            counts
+        assert counts.redeliveries >= 1, counts  # what it held came back
+        assert all(len(r.samples) == 3000 for r in results)
+        print(counts)
 
 
 def test_a_warm_shutdown_finishes_jobs_in_hand_and_puts_prefetched_ones_back(
-        private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
-    start, started = worker_starter(private_settings, tmp_path / "logs")
+        private_settings: Settings, tmp_path: Path, models_dir: Path,
+        start_private_worker: StartWorker) -> None:
     prefetching = {**FEW_AT_A_TIME, "prefetch_multiplier": "4", "visibility_timeout_s": "30"}
-    try:
-        worker = start(models="digits_mlp", **prefetching)
-        queue = keys.model_queue("digits_mlp")
-        with Client(settings=private_settings) as client:
-            jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 90_000),
-                                      job_size=3000)
-            ids = [job.id for job in jobs]
-            wait_until(lambda: len(stored_results(client, ids)) >= 3, what="3 results")
-            worker.send_signal(signal.SIGTERM)  # warm shutdown
-            worker.wait(30)
-            done = stored_results(client, ids)
-            # Nothing is left half-held: every job has its result or is back in the queue
-            # (at once, not after the visibility timeout).
-            assert len(done) + client.redis.llen(queue) == 30
-            assert client.redis.hlen("unacked") == 0
-            started_again = time.monotonic()
-            start(models="digits_mlp", **prefetching)
-            results = client.results(ids, timeout=120)
-            counts = tally(client, ids, first_seen=done,
-                           recovery_s=time.monotonic() - started_again)
-            assert [r.status for r in results] == ["succeeded"] * 30, counts
-            assert (counts.lost, counts.overwrites, counts.duplicates_computed) == (0, 0, 0), \
-                counts
-            print(counts)
-    finally:
-        stop_processes(started)
+    worker = start_private_worker(models="digits_mlp", **prefetching)
+    queue = keys.model_queue("digits_mlp")
+    with Client(settings=private_settings) as client:
+        jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 90_000),
+                                  job_size=3000)
+        ids = [job.id for job in jobs]
+        wait_until(lambda: len(stored_results(client, ids)) >= 3, what="3 results")
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        worker.wait(30)
+        done = stored_results(client, ids)
+        # Nothing is left half-held: every job has its result or is back in the queue
+        # (at once, not after the visibility timeout).
+        assert len(done) + client.redis.llen(queue) == 30
+        assert client.redis.hlen("unacked") == 0
+        started_again = time.monotonic()
+        start_private_worker(models="digits_mlp", **prefetching)
+        results = client.results(ids, timeout=120)
+        counts = tally(client, ids, first_seen=done,
+                       recovery_s=time.monotonic() - started_again)
+        assert [r.status for r in results] == ["succeeded"] * 30, counts
+        assert (counts.lost, counts.overwrites, counts.duplicates_computed) == (0, 0, 0), \
+            counts
+        print(counts)
 
 
 def test_connections_reset_mid_batch_end_the_job_once_and_the_worker_serves_on(
