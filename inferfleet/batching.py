@@ -87,7 +87,15 @@ class _Lane:
 
 
 class MicroBatcher:
-    """Coalesces requests per key into calls of `run_batch(key, inputs)`."""
+    """Coalesces requests per key into calls of `run_batch(key, inputs)`.
+
+    A key's lane lives only while it has work: its runner thread ends after `LANE_IDLE_S`
+    without any, and a lane that never needed one is dropped after its inline run. Keys
+    may hold big objects (a model version that was replaced): nothing keeps them alive.
+    """
+
+    #: How long a lane's runner thread waits for more work before it ends.
+    LANE_IDLE_S = 30.0
 
     def __init__(self, run_batch: BatchFunction, *, max_batch_rows: int, max_wait_ms: float,
                  backlog: BacklogHint | None = None, name: str = "batcher") -> None:
@@ -177,15 +185,28 @@ class MicroBatcher:
         finally:
             with self._cond:
                 lane.busy = False
+                if lane.thread is None and not lane.pending:
+                    self._drop(key, lane)
                 self._cond.notify_all()
+
+    def _drop(self, key: Hashable, lane: _Lane) -> None:
+        """Forget an idle lane (called with the lock held)."""
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]
 
     def _next_batch(self, key: Hashable, lane: _Lane) -> list[_Request] | None:
         """The next batch of `lane`, once it is idle; marks it busy. None once closed."""
         with self._cond:
+            idle_until = time.monotonic() + self.LANE_IDLE_S
             while not lane.pending or lane.busy:
                 if self._closed and not lane.pending:
                     return None
-                self._cond.wait()
+                remaining = idle_until - time.monotonic()
+                if remaining <= 0 and not lane.busy:  # nothing pending either
+                    lane.thread = None  # a later request starts another
+                    self._drop(key, lane)
+                    return None
+                self._cond.wait(remaining if remaining > 0 else None)
             deadline = lane.pending[0].enqueued_at + self.max_wait_s
             backlog = self._backlog(key) if self._backlog and not self._arriving else 0
             while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows

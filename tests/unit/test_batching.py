@@ -102,6 +102,24 @@ def test_requests_whose_callers_gave_up_are_left_out_of_the_batch() -> None:
     batcher.close()
 
 
+def test_idle_lanes_are_dropped_so_keys_holding_old_models_can_be_freed() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
+    batcher.LANE_IDLE_S = 0.2
+    batcher.submit("inline", rows(1)).result(5)  # ran in this thread: no lane is kept
+    first = occupy(batcher, model, "queued")
+    behind = batcher.submit("queued", rows(2))  # starts the lane's runner thread
+    runner = batcher._lanes["queued"].thread
+    model.release.set()
+    first.result(5).result(5)
+    behind.result(5)
+    assert runner is not None
+    runner.join(5)  # it ends once idle for LANE_IDLE_S
+    assert not runner.is_alive() and batcher._lanes == {}
+    assert batcher.submit("queued", rows(3)).result(5).outputs["y"].tolist() == [[6]]
+    batcher.close()
+
+
 def test_keys_never_share_a_batch() -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
