@@ -116,7 +116,7 @@ return 1
 """
 
 
-def _sample_counts(result: WireResult) -> dict[str, int]:
+def sample_counts(result: WireResult) -> dict[str, int]:
     """Samples by status, from the errors rather than a walk over every sample: a job
     fails as a whole (`error`: all its samples share the job's fate) or per sample."""
     n = len(result.sample_status)
@@ -261,7 +261,7 @@ class Ledger:
         """Store the terminal result once, and push the job id onto `notify` (a
         `keys.notify_list`) if given; False if a result was already stored."""
         session = result.session_id
-        counts = _sample_counts(result)
+        counts = sample_counts(result)
         stored = self._store_once(
             keys=[keys.result(result.job_id), keys.doorbell(result.job_id),
                   keys.job(result.job_id), notify or "",

@@ -171,48 +171,44 @@ class Channel(kombu_redis.Channel):
 
     def _usable(self, queue: str, item: bytes) -> dict[str, Any] | None:
         """The decoded envelope, or None after dead-lettering a message no task can use."""
-        problem, job_id, message = _problem_of(item, self.max_message_bytes)
-        if problem is None:
-            return message
+        problem: str | None
+        try:
+            message = json.loads(bytes_to_str(item))
+        except ValueError as exc:
+            message, problem, job_id = None, f"not a JSON message: {exc}", None
+        else:
+            problem, job_id = _problem_of(message, len(item), self.max_message_bytes)
+            if problem is None:
+                return message  # type: ignore[no-any-return]
         logger.error("dead-lettered a message from %s: %s", queue, problem)
         dead_letter(self._shared_client, queue=queue, reason=problem, raw=item, job_id=job_id)
-        tag = _delivery_tag(item)
+        tag = _delivery_tag(message)
         if tag is not None:  # recorded unacked when taken: never to be restored
             self.qos.ack(tag)
         return None
 
 
-def _delivery_tag(item: bytes) -> str | None:
-    try:
-        tag = json.loads(item)["properties"]["delivery_tag"]
-    except (ValueError, KeyError, TypeError):
-        return None
+def _delivery_tag(message: Any) -> str | None:
+    properties = message.get("properties") if isinstance(message, dict) else None
+    tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
     return tag if isinstance(tag, str) else None
 
 
-def _problem_of(item: bytes, max_bytes: int
-                ) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """(why no task can use it or None, the job id it names, the decoded envelope)."""
-    try:
-        message = json.loads(bytes_to_str(item))
-    except ValueError as exc:
-        return f"not a JSON message: {exc}", None, None
-    if max_bytes and len(item) > max_bytes:
-        headers = message.get("headers") if isinstance(message, dict) else None
-        job_id = headers.get("id") if isinstance(headers, dict) else None
-        return (f"message of {len(item)} bytes is over max_message_bytes={max_bytes}",
-                job_id if isinstance(job_id, str) else None, None)
-    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict) \
-            or "body" not in message:
-        return "not a kombu message envelope", None, None
-    headers = message.get("headers")
+def _problem_of(message: Any, size: int, max_bytes: int) -> tuple[str | None, str | None]:
+    """(why no task can use this decoded message or None, the job id it names)."""
+    headers = message.get("headers") if isinstance(message, dict) else None
     headers = headers if isinstance(headers, dict) else {}
     job_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+    if max_bytes and size > max_bytes:
+        return f"message of {size} bytes is over max_message_bytes={max_bytes}", job_id
+    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict) \
+            or "body" not in message:
+        return "not a kombu message envelope", None
     content_type = message.get("content-type")
     if content_type != ACCEPTED_CONTENT and headers.get("task"):
         return (f"content type {content_type!r} is refused; only {ACCEPTED_CONTENT} is "
-                "accepted", job_id, None)
-    return None, job_id, message
+                "accepted", job_id)
+    return None, job_id
 
 
 class Transport(kombu_redis.Transport):

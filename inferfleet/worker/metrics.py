@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inferfleet import keys
-from inferfleet.ledger import redis_text
+from inferfleet.ledger import redis_text, sample_counts
 from inferfleet.schemas import WireResult
 
 logger = logging.getLogger(__name__)
@@ -45,19 +45,19 @@ class WorkerMetrics:
                             ["model", "state"], registry=self.registry)
         self.batch_rows = Histogram("inferfleet_batch_rows", "Rows per ONNX Runtime call.",
                                     ["model"], buckets=_ROWS, registry=self.registry)
-        self.queue_seconds = Histogram(
-            "inferfleet_queue_seconds", "Time from submit until a worker took the job.",
-            ["model"], buckets=_SECONDS, registry=self.registry)
-        self.batch_wait_seconds = Histogram(
-            "inferfleet_batch_wait_seconds", "Time a job's rows waited for their batch.",
-            ["model"], buckets=_SECONDS, registry=self.registry)
-        self.inference_seconds = Histogram(
-            "inferfleet_inference_seconds", "Time of one batch's ONNX Runtime call(s).",
-            ["model"], buckets=_SECONDS, registry=self.registry)
-        self.result_write_seconds = Histogram(
-            "inferfleet_result_write_seconds", "Time to store one job's result in Redis.",
-            ["model"], buckets=_SECONDS, registry=self.registry)
+        self.queue_seconds = self._seconds(
+            "queue", "Time from submit until a worker took the job.")
+        self.batch_wait_seconds = self._seconds(
+            "batch_wait", "Time a job's rows waited for their batch.")
+        self.inference_seconds = self._seconds(
+            "inference", "Time of one batch's ONNX Runtime call(s).")
+        self.result_write_seconds = self._seconds(
+            "result_write", "Time to store one job's result in Redis.")
         self.registry.register(_QueueCollector(client, self))
+
+    def _seconds(self, what: str, doc: str) -> Histogram:
+        return Histogram(f"inferfleet_{what}_seconds", doc, ["model"], buckets=_SECONDS,
+                         registry=self.registry)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve `/metrics` on `port` from a daemon thread."""
@@ -68,12 +68,9 @@ class WorkerMetrics:
         """Count a stored job and its samples, and its times."""
         model = result.model
         self.jobs.labels(model, result.status.value).inc()
-        failed = len(result.errors) if result.error is None else len(result.sample_status)
-        status = "expired" if result.status.value == "expired" else "failure"
-        if failed:
-            self.samples.labels(model, status).inc(failed)
-        if len(result.sample_status) > failed:
-            self.samples.labels(model, "success").inc(len(result.sample_status) - failed)
+        for status, count in sample_counts(result).items():
+            if count:
+                self.samples.labels(model, status).inc(count)
         self.result_write_seconds.labels(model).observe(write_s)
         timings = result.timings
         if timings is not None:
