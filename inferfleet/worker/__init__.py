@@ -22,6 +22,7 @@ from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
+from inferfleet.worker.consumer import CONSUMER_PATH
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.service import InferenceService
 
@@ -38,6 +39,7 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     """
     settings.check_visibility_timeout()
     app = make_app(settings)
+    app.conf.worker_consumer = CONSUMER_PATH
     client = redis_client(settings)
     service = InferenceService(settings, client)
 

@@ -1,0 +1,65 @@
+"""Celery's consumer, publishing task events at most every `EVENT_FLUSH_S`.
+
+Celery buffers task events and publishes each buffer as one `task.multi` message, but it
+flushes on the event loop's next turn after any event: about one PUBLISH per job (three
+events each), ~17% of a worker's CPU on single-sample jobs (py-spy). Gathering them for a
+few milliseconds sends every job's events still, in far fewer messages; Flower sees
+them that much later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+logger = logging.getLogger(__name__)
+
+#: What `worker_consumer` names to use this consumer.
+CONSUMER_PATH = "inferfleet.worker.consumer:Consumer"
+
+
+class Consumer(CeleryConsumer):
+    """A Celery consumer whose event flushes wait up to `EVENT_FLUSH_S` for company."""
+
+    EVENT_FLUSH_S = 0.01
+
+    # Set by Celery's Consumer; celery-types does not declare them.
+    hub: Any
+    event_dispatcher: Any
+
+    _last_event_flush = 0.0
+    _event_flush_timer_set = False
+
+    def _flush_events(self) -> None:
+        # Runs in the event loop's thread (the hub's ready set or its timer).
+        wait_s = self._last_event_flush + self.EVENT_FLUSH_S - time.monotonic()
+        if wait_s > 0 and self.hub is not None:
+            if not self._event_flush_timer_set:
+                self._event_flush_timer_set = True
+                self.hub.call_later(wait_s, self._timed_event_flush)
+            return
+        self._last_event_flush = time.monotonic()
+        super()._flush_events()  # type: ignore[misc]  # untyped
+
+    def _timed_event_flush(self) -> None:
+        self._event_flush_timer_set = False
+        self._flush_events()
+
+    def stop(self) -> None:
+        self._flush_now()
+        super().stop()
+
+    def shutdown(self) -> None:
+        self._flush_now()
+        super().shutdown()
+
+    def _flush_now(self, *_: Any) -> None:
+        """Publish what waits in the buffer: the worker is stopping."""
+        if self.event_dispatcher is not None:
+            try:
+                super()._flush_events()  # type: ignore[misc]  # untyped
+            except Exception:  # stopping anyway: Celery would drop them the same way
+                logger.warning("task events not published at shutdown", exc_info=True)

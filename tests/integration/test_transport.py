@@ -1,0 +1,72 @@
+"""inferfleet's kombu transport against a real server: a take pops several messages (as
+many as the prefetch limit leaves room for) and records each unacked in the same step;
+acks go to Redis with the next take, or at close, never lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+
+from inferfleet.embedded import EmbeddedRedis
+from inferfleet.transport import TRANSPORT_PATH
+
+QUEUE = Queue("transport-test", Exchange("transport-test", type="direct"),
+              routing_key="transport-test")
+
+
+@pytest.fixture
+def connection(redis_server: EmbeddedRedis) -> Iterator[Connection]:
+    with Connection(redis_server.url, transport=TRANSPORT_PATH) as conn:
+        channel = conn.default_channel
+        channel.client.delete("unacked", "unacked_index", QUEUE.name)
+        yield conn
+
+
+def _publish(connection: Connection, n: int) -> None:
+    producer = Producer(connection.channel(), exchange=QUEUE.exchange,
+                        routing_key=QUEUE.routing_key, serializer="json")
+    for i in range(n):
+        producer.publish({"n": i}, declare=[QUEUE])
+
+
+def _drain_once(connection: Connection, received: list[Message]) -> None:
+    connection.drain_events(timeout=2)
+    assert received, "nothing delivered"
+
+
+def test_one_take_pops_what_the_prefetch_limit_allows_and_records_each_unacked(
+        connection: Connection) -> None:
+    _publish(connection, 12)
+    channel = connection.default_channel
+    received: list[Message] = []
+    with Consumer(channel, [QUEUE], callbacks=[lambda _, m: received.append(m)],
+                  accept=["json"], prefetch_count=5):
+        _drain_once(connection, received)
+        assert [m.decode()["n"] for m in received] == [0, 1, 2, 3, 4]
+        assert channel.client.hlen("unacked") == 5
+        assert channel.client.llen(QUEUE.name) == 7
+
+
+def test_acks_go_with_the_next_take_and_at_close(connection: Connection,
+                                                 redis_server: EmbeddedRedis) -> None:
+    _publish(connection, 4)
+    channel = connection.default_channel
+    received: list[Message] = []
+    with Consumer(channel, [QUEUE], callbacks=[lambda _, m: received.append(m)],
+                  accept=["json"], prefetch_count=2):
+        _drain_once(connection, received)
+        for message in received:
+            message.ack()
+        assert channel.client.hlen("unacked") == 2  # not sent yet
+        received.clear()
+        _drain_once(connection, received)  # the next take carries them
+        assert channel.client.hlen("unacked") == 2  # only the two just taken
+        for message in received:
+            message.ack()
+    connection.close()  # sends the last acks
+    with Connection(redis_server.url, transport=TRANSPORT_PATH) as fresh:
+        client = fresh.default_channel.client
+        assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
+        assert client.llen(QUEUE.name) == 0
