@@ -12,12 +12,14 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from inferfleet import keys
 from inferfleet.codec import json_fallback
@@ -251,28 +253,62 @@ class Ledger:
     def mark_running(self, job_ids: Iterable[str]) -> None:
         """Record that a worker started these jobs, in one round trip (a job already
         terminal keeps its state)."""
-        pipe = self.client.pipeline(transaction=False)
         now = time.time()
-        for job_id in job_ids:
-            self._mark_running(keys=[keys.job(job_id)], args=[self.ttl_s, now], client=pipe)
-        pipe.execute()
+        self._eval_many(self._mark_running,
+                        [([keys.job(job_id)], [self.ttl_s, now]) for job_id in job_ids])
 
     def store_result(self, result: WireResult, *, notify: str | None = None) -> bool:
         """Store the terminal result once, and push the job id onto `notify` (a
         `keys.notify_list`) if given; False if a result was already stored."""
-        session = result.session_id
-        counts = sample_counts(result)
-        stored = self._store_once(
-            keys=[keys.result(result.job_id), keys.doorbell(result.job_id),
-                  keys.job(result.job_id), notify or "",
-                  keys.session_stats(session) if session else "",
-                  keys.session_stream(session) if session else ""],
-            args=[celery_meta(result), self.ttl_s, result.status.value, time.time(),
-                  result.job_id, result.model, counts["success"], counts["failure"],
-                  counts["expired"],
-                  "" if result.latency_ms is None else latency_bucket(result.latency_ms),
-                  self.session_stream_max_jobs])
-        return bool(stored)
+        return self.store_results([(result, notify)])[0]
+
+    def store_results(self, results: Sequence[tuple[WireResult, str | None]]) -> list[bool]:
+        """`store_result` for each (result, notify), in one round trip; for each, False
+        if a result was stored already."""
+        calls = []
+        now = time.time()
+        for result, notify in results:
+            session = result.session_id
+            counts = sample_counts(result)
+            calls.append((
+                [keys.result(result.job_id), keys.doorbell(result.job_id),
+                 keys.job(result.job_id), notify or "",
+                 keys.session_stats(session) if session else "",
+                 keys.session_stream(session) if session else ""],
+                [celery_meta(result), self.ttl_s, result.status.value, now,
+                 result.job_id, result.model, counts["success"], counts["failure"],
+                 counts["expired"],
+                 "" if result.latency_ms is None else latency_bucket(result.latency_ms),
+                 self.session_stream_max_jobs]))
+        return [bool(stored) for stored in self._eval_many(self._store_once, calls)]
+
+    def _eval_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]
+                   ) -> list[Any]:
+        """EVALSHA of `script` for each (keys, args), in one round trip. (redis-py's
+        pipeline asks SCRIPT EXISTS first, a second round trip every time.) A server
+        without the script (restarted, flushed) gets it, and the calls it refused, which
+        never ran, run again.
+
+        Raises:
+            redis.RedisError: the first error any call met.
+        """
+        def send(batch: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for call_keys, args in batch:
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, len(call_keys), *call_keys, *args)
+            return pipe.execute(raise_on_error=False)
+
+        replies = send(calls) if calls else []
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            self.client.script_load(script.script)
+            for i, reply in zip(refused, send([calls[i] for i in refused]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,
                               timeout_s: float, landed_before: set[str],

@@ -19,6 +19,7 @@ from typing import Any
 import numpy.typing as npt
 import redis
 from celery import Celery
+from celery.worker import state as worker_state
 from pydantic import ValidationError
 
 from inferfleet import keys
@@ -36,13 +37,16 @@ from inferfleet.validation import Limits, ValidatedJob, validate
 from inferfleet.worker.jobs import compose_result, decode_inputs, failed_result
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.pool import ModelPool
+from inferfleet.worker.writer import GroupWriter
 
 logger = logging.getLogger(__name__)
 
 
 class QueueBacklog:
-    """How many messages still wait in Redis for a batch key's model: the batcher's hint
-    that holding a batch open will pay.
+    """How many jobs for a batch key's model are known to be coming: those this worker
+    has taken from Redis that no pool thread has begun (a take holds up to 16, prefetch
+    up to `prefetch_multiplier` x concurrency), and the messages still waiting in Redis.
+    The batcher's hint that holding a batch open will pay.
 
     Answered from memory, never with a round trip on the batch's path: a background thread
     reads the queue lengths of the models asked about since its last read, at most every
@@ -62,7 +66,7 @@ class QueueBacklog:
         model = str(key[0])  # type: ignore[index]
         self._asked.add(model)
         self._wake.set()
-        return self._waiting.get(model, 0)
+        return self._waiting.get(model, 0) + _taken_not_begun(model)
 
     def _refresh(self) -> None:
         while True:
@@ -80,6 +84,17 @@ class QueueBacklog:
             except redis.RedisError:  # only a hint: never let it fail a batch
                 self._waiting = {}
             time.sleep(self.REFRESH_S)
+
+
+def _taken_not_begun(model: str) -> int:
+    """Jobs for `model` that Celery in this process has reserved but not yet handed to a
+    pool thread (it counts them itself, in `celery.worker.state`)."""
+    queues = (keys.model_queue(model), keys.DEFAULT_QUEUE)
+    active = worker_state.active_requests
+    # list() copies in one step under the GIL: the consumer thread adds to the set.
+    return sum(1 for request in list(worker_state.reserved_requests)
+               if request not in active
+               and (request.delivery_info or {}).get("routing_key") in queues)
 
 
 class RunningMarks:
@@ -173,6 +188,7 @@ class InferenceService:
         self.client = client
         self.ledger = Ledger(client, ttl_s=settings.result_ttl_s,
                              session_stream_max_jobs=settings.session_stream_max_jobs)
+        self.results = GroupWriter(self.ledger.store_results)
         self.running = RunningMarks(self.ledger)
         self.reaper = Reaper(self.ledger, interval_s=settings.reaper_interval_s,
                              grace_s=settings.job_time_limit_s)
@@ -288,7 +304,7 @@ class InferenceService:
     def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
         """Store the result once (False if one was stored already), and count it."""
         started = time.perf_counter()
-        stored = self.ledger.store_result(result, notify=_notify_list(kwargs))
+        stored = self.results.store(result, _notify_list(kwargs))
         if stored and self.metrics is not None:
             self.metrics.job_done(result, time.perf_counter() - started)
         return stored
