@@ -100,7 +100,11 @@ class QoS(kombu_redis.QoS):
     channel: Channel
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        virtual.QoS.append(self, message, delivery_tag)
+        if delivery_tag in self.channel.recorded_by_take:
+            self.channel.recorded_by_take.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:  # taken some other way (kombu's basic_get): record it as kombu does
+            super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         self.channel.acks_to_send.append(delivery_tag)
@@ -138,6 +142,11 @@ class Channel(kombu_redis.Channel):
     @cached_property
     def _acks_in_flight(self) -> list[int]:
         return []
+
+    @cached_property
+    def recorded_by_take(self) -> set[str]:
+        """Delivery tags the take recorded unacked, until the QoS sees them delivered."""
+        return set()
 
     @cached_property
     def _shared_client(self) -> Any:
@@ -233,9 +242,12 @@ class Channel(kombu_redis.Channel):
             dest, *items = reply
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]  # kombu internal
+            acked = dest not in self._no_ack_queues
             for item in items:
                 message = self._usable(dest, item)
                 if message is not None:
+                    if acked:
+                        self.recorded_by_take.add(message["properties"]["delivery_tag"])
                     self.connection._deliver(message, dest)
             return True
         finally:

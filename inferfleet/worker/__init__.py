@@ -7,6 +7,7 @@ computes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
@@ -72,6 +73,7 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Warm up the models, then run a Celery worker consuming their queues until stopped
     (with Prometheus metrics on `settings.metrics_port` unless it is 0)."""
+    _cap_malloc_arenas()
     app, service = create_worker_app(settings)
 
     @setup_logging.connect(weak=False)
@@ -93,3 +95,19 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
         f"--queues={','.join(queues)}", "--events", "--without-gossip", "--without-mingle",
         f"--hostname={node}", f"--loglevel={loglevel}",
     ])
+
+
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc's malloc use at most `arenas` arenas in this process.
+
+    By default each thread that allocates may get its own (up to 8 per core): with 32 pool
+    threads a worker's RSS kept growing for millions of samples (+10%, +6%, +1% over
+    three successive 1M-sample runs; capped at 2: +6.5%, +1%, +1%, and 20 MiB smaller).
+    The threads take turns under the GIL anyway. Nothing to do on other C libraries.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_arena_max = -8  # from glibc's malloc.h
+    libc.mallopt(m_arena_max, arenas)

@@ -31,22 +31,26 @@ class Consumer(CeleryConsumer):
     event_dispatcher: Any
 
     _last_event_flush = 0.0
-    _event_flush_timer_set = False
+    _timed_flush_due = 0.0
 
     def _flush_events(self) -> None:
         # Runs in the event loop's thread (the hub's ready set or its timer).
-        wait_s = self._last_event_flush + self.EVENT_FLUSH_S - time.monotonic()
+        now = time.monotonic()
+        wait_s = self._last_event_flush + self.EVENT_FLUSH_S - now
         if wait_s > 0 and self.hub is not None:
-            if not self._event_flush_timer_set:
-                self._event_flush_timer_set = True
-                self.hub.call_later(wait_s, self._timed_event_flush)
+            # One timer at a time; one whose time has passed unfired (the hub was reset
+            # with the connection) is replaced, so no event waits for the next one.
+            if now >= self._timed_flush_due:
+                self._timed_flush_due = now + wait_s
+                self.hub.call_later(wait_s, self._timed_flush)
             return
-        self._last_event_flush = time.monotonic()
+        self._last_event_flush = now
         super()._flush_events()  # type: ignore[misc]  # untyped
 
-    def _timed_event_flush(self) -> None:
-        self._event_flush_timer_set = False
-        self._flush_events()
+    def _timed_flush(self) -> None:
+        self._timed_flush_due = 0.0
+        self._last_event_flush = time.monotonic()
+        super()._flush_events()  # type: ignore[misc]  # untyped
 
     def stop(self) -> None:
         self._flush_now()

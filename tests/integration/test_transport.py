@@ -70,3 +70,13 @@ def test_acks_go_with_the_next_take_and_at_close(connection: Connection,
         client = fresh.default_channel.client
         assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
         assert client.llen(QUEUE.name) == 0
+
+
+def test_a_message_got_without_the_take_is_still_recorded_unacked(
+        connection: Connection) -> None:
+    _publish(connection, 1)
+    channel = connection.default_channel
+    message = channel.basic_get(QUEUE.name)  # kombu's own pop, not the take
+    assert message is not None
+    assert channel.client.hlen("unacked") == 1
+    message.ack()
