@@ -5,6 +5,7 @@ acks go to Redis with the next take, or at close, never lost."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
@@ -36,13 +37,20 @@ def _drain_once(connection: Connection, received: list[Message]) -> None:
     assert received, "nothing delivered"
 
 
+@contextmanager
+def _consuming(connection: Connection, prefetch: int) -> Iterator[list[Message]]:
+    """Consume QUEUE with this prefetch limit; yields the list messages land in."""
+    received: list[Message] = []
+    with Consumer(connection.default_channel, [QUEUE], accept=["json"],
+                  callbacks=[lambda _, m: received.append(m)], prefetch_count=prefetch):
+        yield received
+
+
 def test_one_take_pops_what_the_prefetch_limit_allows_and_records_each_unacked(
         connection: Connection) -> None:
     _publish(connection, 12)
     channel = connection.default_channel
-    received: list[Message] = []
-    with Consumer(channel, [QUEUE], callbacks=[lambda _, m: received.append(m)],
-                  accept=["json"], prefetch_count=5):
+    with _consuming(connection, prefetch=5) as received:
         _drain_once(connection, received)
         assert [m.decode()["n"] for m in received] == [0, 1, 2, 3, 4]
         assert channel.client.hlen("unacked") == 5
@@ -53,9 +61,7 @@ def test_acks_go_with_the_next_take_and_at_close(connection: Connection,
                                                  redis_server: EmbeddedRedis) -> None:
     _publish(connection, 4)
     channel = connection.default_channel
-    received: list[Message] = []
-    with Consumer(channel, [QUEUE], callbacks=[lambda _, m: received.append(m)],
-                  accept=["json"], prefetch_count=2):
+    with _consuming(connection, prefetch=2) as received:
         _drain_once(connection, received)
         for message in received:
             message.ack()
