@@ -101,7 +101,6 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.channel.recorded_by_take:
-            self.channel.recorded_by_take.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
         else:  # taken some other way (kombu's basic_get): record it as kombu does
             super().append(message, delivery_tag)
@@ -145,7 +144,7 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def recorded_by_take(self) -> set[str]:
-        """Delivery tags the take recorded unacked, until the QoS sees them delivered."""
+        """Delivery tags the take recorded unacked, while they are being delivered."""
         return set()
 
     @cached_property
@@ -246,9 +245,13 @@ class Channel(kombu_redis.Channel):
             for item in items:
                 message = self._usable(dest, item)
                 if message is not None:
-                    if acked:
-                        self.recorded_by_take.add(message["properties"]["delivery_tag"])
-                    self.connection._deliver(message, dest)
+                    tag = message["properties"]["delivery_tag"] if acked else None
+                    if tag is not None:
+                        self.recorded_by_take.add(tag)
+                    try:
+                        self.connection._deliver(message, dest)
+                    finally:  # QoS.append saw it during the delivery, or never will
+                        self.recorded_by_take.discard(tag)
             return True
         finally:
             self._in_poll = None
