@@ -138,9 +138,8 @@ class Channel(kombu_redis.Channel):
         finds the result stored and is acked without running again."""
         return deque()
 
-    @cached_property
-    def _acks_in_flight(self) -> list[int]:
-        return []
+    #: How many ack commands the take in flight carries (their replies follow its own).
+    _acks_in_flight = 0
 
     @cached_property
     def recorded_by_take(self) -> set[str]:
@@ -193,7 +192,7 @@ class Channel(kombu_redis.Channel):
         # a queue holds messages: the take keeps its bell ringing). The acks go last so
         # that their replies cannot wake the event loop into a blocking read of the wait.
         commands = [wait, take, *self._ack_commands()]
-        self._acks_in_flight[:] = [len(commands) - 2]
+        self._acks_in_flight = len(commands) - 2
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         connection.send_packed_command(connection.pack_commands(commands))
@@ -215,7 +214,7 @@ class Channel(kombu_redis.Channel):
                 for command in commands:
                     pipe.execute_command(*command)
                 pipe.execute()
-            except self.connection_errors:  # type: ignore[attr-defined]  # kombu internal
+            except (redis.RedisError, OSError):  # closing anyway: kombu's close must run
                 logger.warning("could not send %d ack(s) at close; their messages come "
                                "back and are acked without running again", len(commands[0]) - 2)
         super().close()
@@ -226,7 +225,7 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
-            acks = self._acks_in_flight.pop() if self._acks_in_flight else 0
+            acks, self._acks_in_flight = self._acks_in_flight, 0
             try:
                 # The wait's reply (a ring, or none after idle_poll_s), the take's, then
                 # the acks'.
@@ -245,7 +244,7 @@ class Channel(kombu_redis.Channel):
             for item in items:
                 message = self._usable(dest, item)
                 if message is not None:
-                    tag = message["properties"]["delivery_tag"] if acked else None
+                    tag = _delivery_tag(message) if acked else None
                     if tag is not None:
                         self.recorded_by_take.add(tag)
                     try:
