@@ -172,7 +172,7 @@ class QueuedJob:
 
     job_id: str
     samples: int
-    envelope: str
+    envelope: bytes
 
 
 class Ledger:

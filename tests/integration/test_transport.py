@@ -86,3 +86,23 @@ def test_a_message_got_without_the_take_is_still_recorded_unacked(
     assert message is not None
     assert channel.client.hlen("unacked") == 1
     message.ack()
+
+
+def test_a_taken_message_left_unacked_goes_back_to_its_queue_marked_redelivered(
+        connection: Connection, redis_server: EmbeddedRedis) -> None:
+    _publish(connection, 2)
+    channel = connection.default_channel
+    with _consuming(connection, prefetch=2) as received:
+        _drain_once(connection, received)
+        tags = {m.delivery_tag for m in received}
+        assert tags == {tag.decode() for tag in channel.client.hkeys("unacked")}
+        received[0].ack()
+        for tag in tags - {received[0].delivery_tag}:
+            channel.qos.restore_by_tag(tag)  # what the visibility sweep does
+    assert (channel.client.hlen("unacked"), channel.client.llen(QUEUE.name)) == (1, 1)
+    with Connection(redis_server.url, transport=TRANSPORT_PATH) as other_worker, \
+            _consuming(other_worker, prefetch=1) as again:
+        _drain_once(other_worker, again)
+        assert again[0].decode() == received[1].decode()
+        assert again[0].delivery_info["redelivered"] is True
+        assert again[0].delivery_tag not in tags  # each take gives a fresh tag
