@@ -111,8 +111,19 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._lanes: dict[Hashable, _Lane] = {}
         self._arriving = 0
+        self._queued_rows = 0
         self._closed = False
         self._batch_numbers = itertools.count(1)
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows submitted that no batch has begun yet (all keys)."""
+        return self._queued_rows
+
+    @property
+    def arriving_jobs(self) -> int:
+        """Jobs announced with `arriving()` that have not submitted yet."""
+        return self._arriving
 
     @contextmanager
     def arriving(self) -> Iterator[Arrival]:
@@ -153,6 +164,7 @@ class MicroBatcher:
                 lane.busy = True
             else:
                 lane.pending.append(request)
+                self._queued_rows += request.rows
                 if lane.thread is None:
                     lane.thread = threading.Thread(target=self._serve, args=(key, lane),
                                                    name=f"{self._name}-{key}", daemon=True)
@@ -223,6 +235,7 @@ class MicroBatcher:
         while lane.pending and (not batch or
                                 rows + lane.pending[0].rows <= self.max_batch_rows):
             request = lane.pending.popleft()
+            self._queued_rows -= request.rows
             if request.future.set_running_or_notify_cancel():
                 batch.append(request)
                 rows += request.rows

@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from queue import Empty
@@ -119,6 +119,18 @@ class QoS(kombu_redis.QoS):
         self.channel.acks_to_send.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    def can_consume(self) -> bool:
+        return bool(super().can_consume()) and self._wanted() != 0
+
+    def can_consume_max_estimate(self) -> int:
+        estimate = super().can_consume_max_estimate()
+        wanted = self._wanted()
+        return estimate if wanted is None else min(estimate, wanted)
+
+    def _wanted(self) -> int | None:
+        take_budget = self.channel.take_budget
+        return None if take_budget is None else take_budget()
+
 
 class Channel(kombu_redis.Channel):
     """A kombu Redis channel that reuses one client, takes several messages per round
@@ -129,8 +141,12 @@ class Channel(kombu_redis.Channel):
     #: Messages above this many bytes are dead-lettered (0: no limit); set from the
     #: broker's transport options like kombu's own options.
     max_message_bytes = 0
+    #: How many more messages the consumer wants now (None: as many as prefetch allows);
+    #: from the broker's transport options. A worker wants only enough to keep its
+    #: batcher busy, so that the rest stays in Redis for whichever worker frees up first.
+    take_budget: Callable[[], int | None] | None = None
     from_transport_options = (*kombu_redis.Channel.from_transport_options,
-                              "max_message_bytes")
+                              "max_message_bytes", "take_budget")
 
     #: How long a worker whose queues were empty waits on their bells before it looks
     #: again (the longest an idle worker takes to see a message that rang no bell, and

@@ -202,6 +202,27 @@ class InferenceService:
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
         self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
+        #: Rows this process keeps ahead of its batcher (queued, being decoded, or taken
+        #: and not begun): enough for the next batches, no more.
+        self.take_ahead_rows = self.TAKE_AHEAD_BATCHES * settings.max_batch_rows
+        self._rows_per_job = 1.0  # a moving average of the jobs seen
+
+    #: Full batches a worker keeps ready behind the one running.
+    TAKE_AHEAD_BATCHES = 2
+
+    def messages_wanted(self) -> int:
+        """How many more messages this worker should take now (the transport asks before
+        each take): as many as keep `take_ahead_rows` rows ahead of the batcher.
+
+        Prefetch counts messages, not rows: with 256-sample jobs one worker took 148 of
+        196 jobs and ran 650 ms after the other went idle (bulk run, two workers). An idle
+        worker always wants one.
+        """
+        not_begun = max(0, len(worker_state.reserved_requests) -
+                        len(worker_state.active_requests))
+        return messages_wanted(self.take_ahead_rows, rows_per_job=self._rows_per_job,
+                               queued_rows=self.batcher.queued_rows,
+                               jobs_ahead=self.batcher.arriving_jobs + not_begun)
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model (a first run included) and publish its signature; the names
@@ -336,6 +357,7 @@ class InferenceService:
             job.problems[index] = problem
         if job.n_samples == 0:
             return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST, "the job has no samples")
+        self._rows_per_job += 0.2 * (job.n_samples - self._rows_per_job)
         future = None
         if len(job.valid_index):
             future = self.batcher.submit(_batch_key(model, job.inputs), job.inputs,
@@ -391,6 +413,18 @@ class InferenceService:
             rows = len(next(iter(inputs.values())))
             self.metrics.batch_done(name, rows, time.perf_counter() - started)
         return postprocess(outputs, model.config.postprocess, model.signature.labels)
+
+
+def messages_wanted(take_ahead_rows: int, *, rows_per_job: float, queued_rows: int,
+                    jobs_ahead: int) -> int:
+    """Messages to take so that `take_ahead_rows` rows wait ahead of the batcher: rows it
+    holds queued, plus jobs taken but not yet submitted to it, at `rows_per_job` each. At
+    least one when nothing waits at all."""
+    per_job = max(1.0, rows_per_job)
+    if jobs_ahead == 0 and queued_rows == 0:
+        return max(1, int(take_ahead_rows // per_job))
+    rows_ahead = queued_rows + jobs_ahead * per_job
+    return max(0, int((take_ahead_rows - rows_ahead) // per_job))
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

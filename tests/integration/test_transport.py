@@ -37,6 +37,27 @@ def _drain_once(connection: Connection, received: list[Message]) -> None:
     assert received, "nothing delivered"
 
 
+def test_a_take_budget_limits_takes_below_the_prefetch_limit(
+        redis_server: EmbeddedRedis) -> None:
+    wanted = [3]
+    options = {"take_budget": lambda: wanted[0]}
+    with Connection(redis_server.url, transport=TRANSPORT_PATH,
+                    transport_options=options) as connection:
+        connection.default_channel.client.delete("unacked", "unacked_index", QUEUE.name)
+        _publish(connection, 8)
+        with _consuming(connection, prefetch=10) as received:
+            _drain_once(connection, received)
+            assert len(received) == 3
+            wanted[0] = 0  # busy enough: nothing more is taken
+            with pytest.raises(TimeoutError):
+                connection.drain_events(timeout=0.5)
+            assert len(received) == 3
+            assert connection.default_channel.client.llen(QUEUE.name) == 5
+            wanted[0] = 10
+            _drain_once(connection, received)
+            assert len(received) == 8
+
+
 @contextmanager
 def _consuming(connection: Connection, prefetch: int) -> Iterator[list[Message]]:
     """Consume QUEUE with this prefetch limit; yields the list messages land in."""

@@ -72,10 +72,12 @@ def test_requests_queued_behind_a_running_batch_are_coalesced_and_split_back() -
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
     first = occupy(batcher, model)
     waiting = [batcher.submit("m", rows(i, i + 0.5)) for i in range(1, 11)]
+    assert batcher.queued_rows == 20  # what a worker counts before it takes more
     model.release.set()
     first.result(5).result(5)
     outcomes = [f.result(5) for f in waiting]
     assert model.sizes() == [1, 20]
+    assert batcher.queued_rows == 0
     for i, outcome in enumerate(outcomes, start=1):
         np.testing.assert_array_equal(outcome.outputs["y"].ravel(), [2 * i, 2 * i + 1])
         assert outcome.batch_rows == 20
@@ -99,6 +101,7 @@ def test_requests_whose_callers_gave_up_are_left_out_of_the_batch() -> None:
     model.release.set()
     only_abandoned.result(5).result(5)
     assert batcher.submit("m", rows(6)).result(5).batch_rows == 1  # the lane is free again
+    assert batcher.queued_rows == 0  # abandoned rows are no longer counted
     batcher.close()
 
 
