@@ -369,6 +369,16 @@ class Ledger:
         return {job_id: payload_of(value) for job_id, value in zip(ids, raw, strict=True)
                 if value is not None}
 
+    def wait_for_result(self, job_id: str, *, block_s: float) -> dict[str, Any] | None:
+        """The job's result payload once its doorbell rings (or `block_s` passes; None if
+        still without one). The read goes in the same round trip as the wait: Redis
+        answers it as soon as the wait ends."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.blpop([keys.doorbell(job_id)], timeout=block_s)
+        pipe.get(keys.result(job_id))
+        _, raw = pipe.execute()
+        return None if raw is None else payload_of(raw)
+
     def stored_result(self, job_id: str) -> WireResult | None:
         """The job's stored terminal result, if it has one."""
         raw = self.client.get(keys.result(job_id))

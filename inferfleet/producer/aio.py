@@ -61,14 +61,18 @@ class AsyncClient:
     async def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
         """The terminal result of a job; raises `ResultTimeoutError` if none within `timeout`."""
         deadline = time.monotonic() + timeout
-        while True:
-            raw = await self.redis.get(keys.result(job_id))
-            if raw is not None:
-                return JobResult.from_wire(payload_of(raw))
+        raw = await self.redis.get(keys.result(job_id))
+        while raw is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeoutError(job_id, timeout)
-            await self.redis.blpop([keys.doorbell(job_id)], timeout=min(remaining, 1.0))
+            # The read rides with the wait (`Ledger.wait_for_result`): no round trip after
+            # the doorbell rings.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.blpop([keys.doorbell(job_id)], timeout=min(remaining, 1.0))
+                pipe.get(keys.result(job_id))
+                _, raw = await pipe.execute()
+        return JobResult.from_wire(payload_of(raw))
 
     async def results(self, job_ids: Iterable[str], *, timeout: float = 300.0
                       ) -> list[JobResult]:

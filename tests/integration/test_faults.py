@@ -123,11 +123,12 @@ def test_a_full_queue_refuses_more_and_says_what_did_go(settings: Settings) -> N
         client.redis.delete(queue)
 
     with Client(settings=settings.model_copy(update={"max_queued_jobs": 100})) as client:
-        with pytest.raises(QueueFullError) as halfway:  # chunks of 64 jobs: 64 fit, 128 not
+        # Chunks of 4, 8, 16, 32, then 64 jobs: the first four (60) fit, the next (124) not.
+        with pytest.raises(QueueFullError) as halfway:
             client.submit_many(model, np.zeros((130, 2), np.float32), job_size=1,
                                validate=False)
         submitted = halfway.value.submitted
-        assert len(submitted) == 64 and client.redis.llen(queue) == 64
+        assert len(submitted) == 60 and client.redis.llen(queue) == 60
         assert all(job.status() == "queued" for job in submitted[:3])
         client.redis.delete(queue)
 
