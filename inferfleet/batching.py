@@ -159,7 +159,7 @@ class MicroBatcher:
             lane = self._lanes.setdefault(key, _Lane())
             others_arriving = self._arriving - (arrival is not None)
             inline = not (lane.busy or lane.pending or others_arriving > 0
-                          or (self._backlog is not None and self._backlog(key) > 0))
+                          or self._hinted_backlog(key) > 0)
             if inline:
                 lane.busy = True
             else:
@@ -173,6 +173,18 @@ class MicroBatcher:
         if inline:
             self._run_and_release(key, lane, [request])
         return future
+
+    def _hinted_backlog(self, key: Hashable) -> int:
+        """The backlog hint for `key`, 0 without one. A hint that raises counts as 0: it
+        must never stop a batch (one that raised in a lane's thread ended the thread, and
+        every later job of its key waited out its time limit)."""
+        if self._backlog is None:
+            return 0
+        try:
+            return self._backlog(key)
+        except Exception:
+            logger.warning("the backlog hint failed for %r; taken as 0", key, exc_info=True)
+            return 0
 
     def close(self) -> None:
         """Stop the runner threads once their queues are empty."""
@@ -220,7 +232,7 @@ class MicroBatcher:
                     return None
                 self._cond.wait(remaining if remaining > 0 else None)
             deadline = lane.pending[0].enqueued_at + self.max_wait_s
-            backlog = self._backlog(key) if self._backlog and not self._arriving else 0
+            backlog = 0 if self._arriving else self._hinted_backlog(key)
             while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows
                    and (remaining := deadline - time.monotonic()) > 0):
                 self._cond.wait(remaining)

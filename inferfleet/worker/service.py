@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -91,9 +92,17 @@ def _taken_not_begun(model: str) -> int:
     pool thread (it counts them itself, in `celery.worker.state`)."""
     queues = (keys.model_queue(model), keys.DEFAULT_QUEUE)
     active = worker_state.active_requests
-    # list() copies in one step under the GIL: the consumer thread adds to the set.
-    return sum(1 for request in list(worker_state.reserved_requests)
-               if request not in active
+    # The consumer thread adds to the set meanwhile. It is a WeakSet, whose iteration runs
+    # Python code: list(reserved_requests) raised "Set changed size during iteration" in a
+    # bench run. Copying the builtin set of references under it is one step under the GIL.
+    reserved = worker_state.reserved_requests
+    if isinstance(reserved, weakref.WeakSet):
+        references = list(reserved.data)  # type: ignore[attr-defined]  # CPython's own
+        requests = [reference() for reference in references]
+    else:
+        requests = list(reserved)
+    return sum(1 for request in requests
+               if request is not None and request not in active
                and (request.delivery_info or {}).get("routing_key") in queues)
 
 

@@ -194,6 +194,22 @@ def test_a_backlog_hint_holds_the_batch_open_for_what_is_queued() -> None:
     batcher.close()
 
 
+def test_a_backlog_hint_that_raises_counts_as_none_and_stops_no_batch() -> None:
+    def broken_hint(key: Hashable) -> int:
+        raise RuntimeError("Set changed size during iteration")
+
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=10_000, backlog=broken_hint)
+    assert batcher.submit("m", rows(1)).result(5).batch_rows == 1  # inline, not held open
+    first = occupy(batcher, model)
+    queued = [batcher.submit("m", rows(i)) for i in (2, 3)]
+    model.release.set()
+    first.result(5).result(5)
+    assert [f.result(5).batch_rows for f in queued] == [2, 2]  # the lane's thread lives on
+    assert batcher.submit("m", rows(4)).result(5).batch_rows == 1
+    batcher.close()
+
+
 def test_a_failing_row_is_isolated_and_its_neighbours_succeed() -> None:
     model = RecordingModel(poison=13)
     batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0)
