@@ -119,17 +119,6 @@ class QoS(kombu_redis.QoS):
         self.channel.acks_to_send.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
-    def can_consume(self) -> bool:
-        return bool(super().can_consume()) and self._wanted() != 0
-
-    def can_consume_max_estimate(self) -> int:
-        estimate = super().can_consume_max_estimate()
-        wanted = self._wanted()
-        return estimate if wanted is None else min(estimate, wanted)
-
-    def _wanted(self) -> int | None:
-        take_budget = self.channel.take_budget
-        return None if take_budget is None else take_budget()
 
 
 class Channel(kombu_redis.Channel):
@@ -208,6 +197,14 @@ class Channel(kombu_redis.Channel):
         bell_of_list = [3 + len(lists) + index for index, _, _ in order]  # Lua's KEYS index
         # Without a prefetch limit (a plain kombu consumer), one per take, as kombu does.
         room = self.qos.can_consume_max_estimate() or 1
+        if self.take_budget is not None:
+            # Asked here, before a take is sent, never through QoS.can_consume: kombu
+            # leaves a reply unread while that says no, and a take's messages are out of
+            # their queue already (seen: 64 jobs stranded in `unacked`).
+            wanted = self.take_budget()
+            if wanted is not None and wanted <= 0:
+                return  # busy enough; asked again on the event loop's next turn
+            room = room if wanted is None else min(room, wanted)
         most = max(1, min(self.most_per_take, room))
         wait = ["BRPOP", *bells, self.idle_poll_s]
         take = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
