@@ -119,6 +119,23 @@ class QoS(kombu_redis.QoS):
         self.channel.acks_to_send.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's restore, except that a record no message can be made of (the take
+        records what it pops undecoded; a worker that died before dead-lettering a
+        malformed message leaves it there) goes to the dead-letter list instead of
+        raising in every sweep after it."""
+        try:
+            super().restore_by_tag(tag, client, leftmost)
+        except (ValueError, TypeError, AttributeError) as exc:
+            with self.channel.conn_or_acquire(client) as conn:
+                record = conn.hget(self.unacked_key, tag)
+                if record is not None:
+                    logger.error("dead-lettered unacked record %s: %s", tag, exc)
+                    dead_letter(conn, queue="", raw=record, job_id=None,
+                                reason=f"an unacked record the restore could not read: {exc}")
+                conn.pipeline().zrem(self.unacked_index_key, tag).hdel(
+                    self.unacked_key, tag).execute()
+
 
 
 class Channel(kombu_redis.Channel):

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
+from inferfleet import keys
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.transport import TRANSPORT_PATH
 
@@ -127,3 +128,17 @@ def test_a_taken_message_left_unacked_goes_back_to_its_queue_marked_redelivered(
         assert again[0].decode() == received[1].decode()
         assert again[0].delivery_info["redelivered"] is True
         assert again[0].delivery_tag not in tags  # each take gives a fresh tag
+
+
+def test_an_unacked_record_of_a_malformed_message_is_dead_lettered_not_restored(
+        connection: Connection) -> None:
+    # What a worker killed between a take and the dead-lettering of what it took leaves.
+    channel = connection.default_channel
+    client = channel.client
+    client.delete(keys.DEAD_LETTERS)
+    client.hset("unacked", "garbage-tag", '[{not json, "", "transport-test"]')
+    client.zadd("unacked_index", {"garbage-tag": 0})
+    channel.qos.restore_by_tag("garbage-tag")
+    assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
+    assert client.llen(QUEUE.name) == 0
+    assert b"could not read" in client.lindex(keys.DEAD_LETTERS, 0)
