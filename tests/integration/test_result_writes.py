@@ -1,9 +1,11 @@
 """Results written in groups against a real server: each caller learns its own outcome,
-a write-once refusal included, and a server that lost its scripts still stores."""
+a write-once refusal included, and a server that lost its scripts still stores; running
+marks are sent only for jobs still running when they go."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -15,6 +17,7 @@ from inferfleet.errors import ErrorCode
 from inferfleet.ledger import Ledger
 from inferfleet.schemas import WireResult
 from inferfleet.worker.jobs import failed_result
+from inferfleet.worker.service import RunningMarks
 from inferfleet.worker.writer import GroupWriter
 
 
@@ -74,3 +77,19 @@ def test_a_server_that_lost_its_scripts_still_stores_once(redis_server: Embedded
     client.script_flush()
     assert ledger.store_results([(_result(first), None), (_result(second), None)]) == \
         [False, True]
+
+
+def test_a_job_that_ends_before_its_running_mark_is_sent_is_never_marked(
+        redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    marks = RunningMarks(Ledger(client, ttl_s=60))
+    quick, slow = str(uuid.uuid4()), str(uuid.uuid4())
+    marks.mark(quick)
+    marks.mark(slow)
+    marks.done(quick)  # ended within RunningMarks.GATHER_S
+    deadline = time.monotonic() + 5
+    while client.hget(keys.job(slow), "state") is None:
+        assert time.monotonic() < deadline, "the running job was never marked"
+        time.sleep(0.01)
+    assert client.hget(keys.job(slow), "state") == b"running"
+    assert client.hget(keys.job(quick), "state") is None
