@@ -32,6 +32,18 @@ WIRE_DTYPES = frozenset(
 
 EncodedArray = dict[str, Any]
 
+#: Each wire dtype's name by dtype: numpy's `dtype.name` is computed in Python on every
+#: read (~8 us; a single-sample result encodes three arrays).
+_WIRE_NAMES = {np.dtype(name): name for name in WIRE_DTYPES}
+
+
+def _wire_name(dtype: np.dtype[Any]) -> str | None:
+    """The wire name of `dtype` (any byte order), None if it has no wire form."""
+    name = _WIRE_NAMES.get(dtype)
+    if name is None and dtype.name in WIRE_DTYPES:  # not in native byte order
+        name = dtype.name
+    return name
+
 
 def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
     """The wire form of a numeric array.
@@ -39,10 +51,10 @@ def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
     Raises:
         WireFormatError: if the dtype has no wire form (strings, objects, complex).
     """
-    name = array.dtype.name
-    if name not in WIRE_DTYPES:
-        raise WireFormatError(f"dtype {name!r} cannot travel as an array; use one of "
-                              f"{sorted(WIRE_DTYPES)}", code=ErrorCode.BAD_DTYPE)
+    name = _wire_name(array.dtype)
+    if name is None:
+        raise WireFormatError(f"dtype {array.dtype.name!r} cannot travel as an array; use "
+                              f"one of {sorted(WIRE_DTYPES)}", code=ErrorCode.BAD_DTYPE)
     little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
     return {
         "dtype": name,
@@ -126,7 +138,7 @@ def encode_column(column: object) -> EncodedArray | list[Any]:
     result is serialised, so no per-element walk happens here.
     """
     if isinstance(column, np.ndarray):
-        if column.dtype.name in WIRE_DTYPES:
+        if _wire_name(column.dtype) is not None:
             return encode_array(column)
         return column.tolist()  # type: ignore[no-any-return]
     return column if isinstance(column, list) else list(column)  # type: ignore[call-overload]
