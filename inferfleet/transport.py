@@ -1,17 +1,17 @@
-"""kombu's Redis transport with three changes, each measured or seen to matter.
+"""kombu's Redis transport with these changes, each measured or seen to matter.
 
 - A message is taken from its queue and recorded as unacked in one atomic step (a Lua
   script), not popped by BRPOP and recorded by the worker afterwards: a worker killed
   between the two lost the message for good (seen in the mid-batch kill test). The take
   gives each message its delivery tag, and its record the queue it came from as the way
-  back (kombu's restore pushes it there again). The
-  script cannot block, so each read waits on the queues' bells (`keys.queue_bell`, rung
-  by inferfleet's producers, and kept ringing by the take while a queue holds messages)
-  for at most `idle_poll_s`, with the take sent right behind the wait: one round trip
-  per message, as BRPOP was. A message pushed by something that rings no bell (a plain
-  Celery client on kombu's own transport, kombu's restore) waits at most `idle_poll_s`
-  for an idle worker.
-
+  back (kombu's restore pushes it there again). The script cannot block, so each read
+  waits on the queues' bells (`keys.queue_bell`, rung by inferfleet's producers, and kept
+  ringing by the take while a queue holds messages) for at most `idle_poll_s`, with the
+  take sent right behind the wait: one round trip per message, as BRPOP was. A message
+  pushed by something that rings no bell (a plain Celery client on kombu's own transport,
+  kombu's restore) waits at most `idle_poll_s` for an idle worker.
+- A take pops up to `most_per_take` messages, no more than prefetch leaves room for nor
+  than the consumer's `take_budget` wants; acks ride with the next take.
 - One Redis client per channel instead of one per call: kombu's `conn_or_acquire` built a
   new `redis.Redis` (over the same pool) for every publish and every ack; in a worker that
   sends three task events and one ack per job that was ~9% of its CPU (py-spy).

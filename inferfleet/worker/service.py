@@ -243,9 +243,9 @@ class InferenceService:
         """
         not_begun = max(0, len(worker_state.reserved_requests) -
                         len(worker_state.active_requests))
-        return messages_wanted(self.take_ahead_rows, rows_per_job=self._rows_per_job,
-                               queued_rows=self.batcher.queued_rows,
-                               jobs_ahead=self.batcher.arriving_jobs + not_begun)
+        return messages_to_take(self.take_ahead_rows, rows_per_job=self._rows_per_job,
+                                queued_rows=self.batcher.queued_rows,
+                                jobs_ahead=self.batcher.arriving_jobs + not_begun)
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model (a first run included) and publish its signature; the names
@@ -440,8 +440,8 @@ class InferenceService:
         return postprocess(outputs, model.config.postprocess, model.signature.labels)
 
 
-def messages_wanted(take_ahead_rows: int, *, rows_per_job: float, queued_rows: int,
-                    jobs_ahead: int) -> int:
+def messages_to_take(take_ahead_rows: int, *, rows_per_job: float, queued_rows: int,
+                     jobs_ahead: int) -> int:
     """Messages to take so that `take_ahead_rows` rows wait ahead of the batcher: rows it
     holds queued, plus jobs taken but not yet submitted to it, at `rows_per_job` each. At
     least one when nothing waits at all."""
