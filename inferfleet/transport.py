@@ -133,9 +133,8 @@ class QoS(kombu_redis.QoS):
                     logger.error("dead-lettered unacked record %s: %s", tag, exc)
                     dead_letter(conn, queue="", raw=record, job_id=None,
                                 reason=f"an unacked record the restore could not read: {exc}")
-                conn.pipeline().zrem(self.unacked_index_key, tag).hdel(
-                    self.unacked_key, tag).execute()
-
+                self._remove_from_indices(  # type: ignore[attr-defined]  # kombu internal
+                    tag, conn.pipeline()).execute()
 
 
 class Channel(kombu_redis.Channel):
@@ -147,10 +146,10 @@ class Channel(kombu_redis.Channel):
     #: Messages above this many bytes are dead-lettered (0: no limit); set from the
     #: broker's transport options like kombu's own options.
     max_message_bytes = 0
-    #: How many more messages the consumer wants now (None: as many as prefetch allows);
+    #: How many more messages the consumer wants now (unset: as many as prefetch allows);
     #: from the broker's transport options. A worker wants only enough to keep its
     #: batcher busy, so that the rest stays in Redis for whichever worker frees up first.
-    take_budget: Callable[[], int | None] | None = None
+    take_budget: Callable[[], int] | None = None
     from_transport_options = (*kombu_redis.Channel.from_transport_options,
                               "max_message_bytes", "take_budget")
 
@@ -219,9 +218,9 @@ class Channel(kombu_redis.Channel):
             # leaves a reply unread while that says no, and a take's messages are out of
             # their queue already (seen: 64 jobs stranded in `unacked`).
             wanted = self.take_budget()
-            if wanted is not None and wanted <= 0:
+            if wanted <= 0:
                 return  # busy enough; asked again on the event loop's next turn
-            room = room if wanted is None else min(room, wanted)
+            room = min(room, wanted)
         most = max(1, min(self.most_per_take, room))
         wait = ["BRPOP", *bells, self.idle_poll_s]
         take = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
