@@ -5,6 +5,7 @@
     ├── ServerError             the embedded Redis server or a fleet process failed to start
     ├── BrokerError             Redis did not answer in time or refused the connection
     ├── WireFormatError         a message or array that does not follow the wire schema
+    ├── JobRefusedError         a job a worker ends without computing it (bad, or expired)
     ├── InvalidInputError       samples rejected by validation before anything is enqueued
     ├── BadArgumentError        an API argument that cannot work (also a ValueError)
     ├── UnknownModelError       a model name the registry does not serve
@@ -60,6 +61,14 @@ class WireFormatError(InferfleetError):
     """A task message, result or encoded array that does not follow the wire schema."""
 
     def __init__(self, message: str, *, code: ErrorCode = ErrorCode.BAD_REQUEST) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class JobRefusedError(InferfleetError):
+    """A job a worker ends without computing it; `code` says why (`expired`, ...)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
         self.code = code
         super().__init__(message)
 

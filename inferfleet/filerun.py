@@ -134,7 +134,7 @@ def _send(client: Client, batch: RowBatch, signature: ModelSignature, model: str
     checked = validate({spec.name: batch.features}, signature,
                        Limits(max_job_samples=len(batch.features),
                               max_sample_elements=client.settings.max_sample_elements))
-    problems = {**checked.problems, **batch.problems}  # an unreadable cell says more
+    problems = {**checked.each_problem(), **batch.problems}  # an unreadable cell says more
     valid = [i for i in range(len(batch.ids)) if i not in problems]
     jobs = client.submit_many(
         model, batch.features[valid], job_size=job_size, session_id=session_id,

@@ -24,6 +24,8 @@ WIRE_VERSION: Literal[1] = 1
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Session ids name Redis keys; without ':' one session's keys never alias another's.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+#: Job ids (Celery task ids) name Redis keys and log lines: no control characters.
+JOB_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 
 
 class JobStatus(StrEnum):
@@ -83,8 +85,9 @@ class JobRequest(BaseModel):
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     inputs: dict[str, Any] | list[Any]
     sample_ids: list[str] | None = None
-    submitted_at: float | None = None
-    deadline_at: float | None = None
+    submitted_at: float | None = Field(None, ge=0, allow_inf_nan=False)
+    #: Unix time; a worker refuses one further away than the results' TTL.
+    deadline_at: float | None = Field(None, ge=0, allow_inf_nan=False)
     #: A list the worker pushes the job id onto once the result is stored; it must start
     #: with `inferfleet:notify:`.
     notify: str | None = Field(None, pattern=r"^inferfleet:notify:[A-Za-z0-9_.:-]{1,100}$")
@@ -206,7 +209,10 @@ class JobResult(BaseModel):
             sample_id=sample_id, job_id=self.job_id, status=status,
             outputs=({name: _row(column, index) for name, column in self._columns.items()}
                      if status is SampleStatus.SUCCESS else {}),
-            error=errors.get(index), latency_ms=self.latency_ms,
+            # A whole-job failure (`error`) is each of its failed samples' error too.
+            error=errors.get(index) or (self.error if status is not SampleStatus.SUCCESS
+                                        else None),
+            latency_ms=self.latency_ms,
         ) for index, (sample_id, status) in enumerate(zip(self.sample_ids, self.sample_status,
                                                           strict=True))]
 

@@ -15,11 +15,12 @@
 - One Redis client per channel instead of one per call: kombu's `conn_or_acquire` built a
   new `redis.Redis` (over the same pool) for every publish and every ack; in a worker that
   sends three task events and one ack per job that was ~9% of its CPU (py-spy).
-- A message that is not a JSON envelope with JSON content does not reach Celery: kombu
-  decodes the envelope inside its event loop, so `LPUSH queue "{not json"` made a worker
-  exit (and the popped message was lost), and a pickle message was dropped by Celery with
-  its id reading PENDING forever. Such messages go to the dead-letter list with the reason
-  (and a terminal `dead_lettered` result for the job they name), and the worker goes on.
+- A message that breaks the task-message contract (`inferfleet.admission`) does not reach
+  Celery: kombu decodes the envelope inside its event loop, so `LPUSH queue "{not json"`
+  made a worker exit (and the popped message was lost), a body of `{"a": 1}` made every
+  worker exit, and a pickle message was dropped by Celery with its id reading PENDING
+  forever. Such messages go to the dead-letter list with the reason (and a terminal
+  `dead_lettered` result for the job they name), and the worker goes on.
 
 `_brpop_read` follows kombu 5.7's own; pyproject pins kombu below 5.8 for that reason.
 """
@@ -36,13 +37,13 @@ from functools import cached_property
 from queue import Empty
 from typing import Any
 
-import orjson
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from inferfleet import keys
+from inferfleet.admission import Admitted, admit
 from inferfleet.ledger import dead_letter
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,19 @@ return false
 
 #: What `broker_transport` names to use this transport.
 TRANSPORT_PATH = "inferfleet.transport:Transport"
-ACCEPTED_CONTENT = "application/json"
+#: Where an admitted envelope carries its decoded body to `Message` (never sent anywhere).
+_DECODED_BODY = "_inferfleet_decoded_body"
+
+
+class Message(virtual.Message):
+    """kombu's message, with the body `admission.admit` decoded already: Celery would
+    decode it again with the standard library's JSON."""
+
+    def __init__(self, payload: dict[str, Any], channel: Any = None, **kwargs: Any) -> None:
+        decoded = payload.pop(_DECODED_BODY, None)
+        super().__init__(payload, channel, **kwargs)
+        if decoded is not None:
+            self._decoded_cache = decoded
 
 
 class QoS(kombu_redis.QoS):
@@ -142,7 +155,12 @@ class Channel(kombu_redis.Channel):
     trip, sends acks with its takes, and dead-letters unusable messages."""
 
     QoS = QoS
+    Message = Message
 
+    #: The task names a message on an acked queue must carry (unset: any message that is
+    #: a kombu envelope); from the broker's transport options. Workers set it, so that
+    #: every message they take is checked against the whole task-message contract.
+    accepted_tasks: frozenset[str] | None = None
     #: Messages above this many bytes are dead-lettered (0: no limit); set from the
     #: broker's transport options like kombu's own options.
     max_message_bytes = 0
@@ -151,7 +169,7 @@ class Channel(kombu_redis.Channel):
     #: batcher busy, so that the rest stays in Redis for whichever worker frees up first.
     take_budget: Callable[[], int] | None = None
     from_transport_options = (*kombu_redis.Channel.from_transport_options,
-                              "max_message_bytes", "take_budget")
+                              "max_message_bytes", "take_budget", "accepted_tasks")
 
     #: How long a worker whose queues were empty waits on their bells before it looks
     #: again (the longest an idle worker takes to see a message that rang no bell, and
@@ -316,40 +334,26 @@ class Channel(kombu_redis.Channel):
         return replies
 
     def _usable(self, queue: str, item: bytes, tag: str | None) -> dict[str, Any] | None:
-        """The decoded envelope, or None after dead-lettering a message no task can use
-        (and acking `tag`, its unacked record, so that it is never restored)."""
-        problem: str | None
-        try:
-            # orjson: the envelope holds the job's inputs, twice as fast as json.loads.
-            message = orjson.loads(item)
-        except ValueError as exc:  # orjson.JSONDecodeError, bad UTF-8 included
-            message, problem, job_id = None, f"not a JSON message: {exc}", None
-        else:
-            problem, job_id = _problem_of(message, len(item), self.max_message_bytes)
-            if problem is None:
-                return message  # type: ignore[no-any-return]
-        logger.error("dead-lettered a message from %s: %s", queue, problem)
-        dead_letter(self._shared_client, queue=queue, reason=problem, raw=item, job_id=job_id)
+        """The decoded envelope (carrying its decoded body for `Message`), or None after
+        dead-lettering a message no worker can take (and acking `tag`, its unacked
+        record, so that it is never restored)."""
+        verdict = admit(item, max_bytes=self.max_message_bytes,
+                        tasks=None if queue in self._no_ack_queues else self.accepted_tasks)
+        if isinstance(verdict, Admitted):
+            if verdict.body is not None:
+                verdict.envelope[_DECODED_BODY] = verdict.body
+            return verdict.envelope
+        self.dead_letter(queue=queue, reason=verdict.reason, raw=item, job_id=verdict.job_id)
         if tag is not None:
             self.qos.ack(tag)
         return None
 
-
-def _problem_of(message: Any, size: int, max_bytes: int) -> tuple[str | None, str | None]:
-    """(why no task can use this decoded message or None, the job id it names)."""
-    headers = message.get("headers") if isinstance(message, dict) else None
-    headers = headers if isinstance(headers, dict) else {}
-    job_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-    if max_bytes and size > max_bytes:
-        return f"message of {size} bytes is over max_message_bytes={max_bytes}", job_id
-    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict) \
-            or "body" not in message:
-        return "not a kombu message envelope", None
-    content_type = message.get("content-type")
-    if content_type != ACCEPTED_CONTENT and headers.get("task"):
-        return (f"content type {content_type!r} is refused; only {ACCEPTED_CONTENT} is "
-                "accepted", job_id)
-    return None, job_id
+    def dead_letter(self, *, queue: str, reason: str, raw: bytes | str,
+                    job_id: str | None) -> None:
+        """Keep a message no worker can take on the dead-letter list (see
+        `ledger.dead_letter`)."""
+        logger.error("dead-lettered a message from %s: %s", queue, reason)
+        dead_letter(self._shared_client, queue=queue, reason=reason, raw=raw, job_id=job_id)
 
 
 class Transport(kombu_redis.Transport):

@@ -33,25 +33,36 @@ class Limits:
 @dataclass
 class ValidatedJob:
     """The samples that may run (stacked per input, cast to the model's dtypes) and why
-    the others may not."""
+    the others may not: `problems` per sample, or one `job_problem` that all share (a
+    missing input, too many samples, a stacked input of the wrong sample shape)."""
 
     n_samples: int
     valid_index: npt.NDArray[np.intp]
     inputs: dict[str, npt.NDArray[Any]]
     problems: dict[int, Problem] = field(default_factory=dict)
+    job_problem: Problem | None = None
+
+    def each_problem(self) -> dict[int, Problem]:
+        """Every failing sample's problem, the job's own repeated for each sample (for a
+        caller holding the samples itself: costs one entry per sample)."""
+        if self.job_problem is not None:
+            return dict.fromkeys(range(self.n_samples), self.job_problem)
+        return self.problems
 
 
 def validate(columns: Mapping[str, SampleColumn], signature: ModelSignature,
              limits: Limits) -> ValidatedJob:
     """Check every sample of a job against `signature` and `limits`.
 
-    A problem that concerns the whole job (a missing input, too many samples) is reported
-    against every sample. Never raises for bad data: problems are returned.
+    A problem that concerns the whole job is its `job_problem`, never copied per sample
+    (a tiny message claiming millions of zero-width samples must not cost millions of
+    entries). Never raises for bad data: problems are returned.
     """
     n_samples, job_problem = _job_shape(columns, signature, limits)
+    if job_problem is None:
+        job_problem = _stacked_problem(columns, signature, limits)
     if job_problem is not None:
-        return ValidatedJob(n_samples, np.arange(0), {}, dict.fromkeys(range(n_samples),
-                                                                       job_problem))
+        return ValidatedJob(n_samples, np.arange(0), {}, {}, job_problem)
     problems: dict[int, Problem] = {}
     for spec in signature.inputs:
         for index, problem in _column_problems(columns[spec.name], spec, limits).items():
@@ -84,12 +95,22 @@ def _job_shape(columns: Mapping[str, SampleColumn], signature: ModelSignature,
     return n_samples, None
 
 
+def _stacked_problem(columns: Mapping[str, SampleColumn], signature: ModelSignature,
+                     limits: Limits) -> Problem | None:
+    """The problem of a stacked input whose dtype or sample shape is wrong: every sample
+    of it shares that one problem."""
+    for spec in signature.inputs:
+        column = columns[spec.name]
+        if isinstance(column, np.ndarray):
+            problem = _array_problem(column.dtype, column.shape[1:], spec, limits)
+            if problem is not None:
+                return problem
+    return None
+
+
 def _column_problems(column: SampleColumn, spec: TensorSpec,
                      limits: Limits) -> dict[int, Problem]:
-    if isinstance(column, np.ndarray):
-        problem = _array_problem(column.dtype, column.shape[1:], spec, limits)
-        if problem is not None:
-            return dict.fromkeys(range(len(column)), problem)
+    if isinstance(column, np.ndarray):  # its dtype and shape are checked already
         return _non_finite(column, spec)
     problems = {}
     for index, sample in enumerate(column):

@@ -66,8 +66,8 @@ def checked_inputs(columns: dict[str | None, SampleColumn], signature: ModelSign
         InvalidInputError: listing each bad sample with its error code and reason.
     """
     job = validate({str(k): v for k, v in columns.items()}, signature, limits)
-    if job.problems:
-        raise InvalidInputError(dict(sorted(job.problems.items())))
+    if problems := job.each_problem():
+        raise InvalidInputError(dict(sorted(problems.items())))
     return job.inputs
 
 

@@ -44,7 +44,8 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     client = redis_client(settings)
     service = InferenceService(settings, client)
     app.conf.broker_transport_options = {**app.conf.broker_transport_options,
-                                         "take_budget": service.messages_wanted}
+                                         "take_budget": service.messages_wanted,
+                                         "accepted_tasks": frozenset({keys.TASK_NAME})}
 
     @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
     def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

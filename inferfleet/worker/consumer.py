@@ -1,10 +1,16 @@
-"""Celery's consumer, publishing task events at most every `EVENT_FLUSH_S`.
+"""Celery's consumer, publishing task events at most every `EVENT_FLUSH_S`, and never
+stopped by a message it cannot handle.
 
 Celery buffers task events and publishes each buffer as one `task.multi` message, but it
 flushes on the event loop's next turn after any event: about one PUBLISH per job (three
 events each), ~17% of a worker's CPU on single-sample jobs (py-spy). Gathering them for a
 few milliseconds sends every job's events still, in far fewer messages; Flower sees
 them that much later.
+
+Celery's task handler lets any error other than a decode or invalid-task error out of the
+event loop, which ends the worker (`Unrecoverable error`). The transport admits only
+messages that follow the task-message contract (`inferfleet.admission`); should one still
+make Celery raise, it is dead-lettered with the error and acked, and the worker goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from celery.worker.consumer import Consumer as CeleryConsumer
+
+from inferfleet.admission import job_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +38,24 @@ class Consumer(CeleryConsumer):
     # Set by Celery's Consumer; celery-types does not declare them.
     hub: Any
     event_dispatcher: Any
+    connection_errors: tuple[type[BaseException], ...]
 
     _last_event_flush = 0.0
     _timed_flush_due = 0.0
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors)
+
+        def on_task_received(message: Any) -> None:
+            try:
+                handle(message)
+            except connection_errors:
+                raise  # the consumer reconnects, and kombu puts the message back
+            except Exception as exc:  # a message must never stop the worker
+                _dead_letter_unhandled(message, exc)
+
+        return on_task_received
 
     def _flush_events(self) -> None:
         # Runs in the event loop's thread (the hub's ready set or its timer).
@@ -67,3 +91,16 @@ class Consumer(CeleryConsumer):
                 super()._flush_events()  # type: ignore[misc]  # untyped
             except Exception:  # stopping anyway: Celery would drop them the same way
                 logger.warning("task events not published at shutdown", exc_info=True)
+
+
+def _dead_letter_unhandled(message: Any, exc: Exception) -> None:
+    """Dead-letter a message Celery raised on (with a result for the job it names), and
+    ack it so that it is never delivered again."""
+    logger.exception("dead-lettered a message Celery could not handle")
+    envelope = message.serializable()
+    headers = envelope.get("headers") or {}
+    message.channel.dead_letter(
+        queue=str((message.delivery_info or {}).get("routing_key")),
+        reason=f"Celery could not handle it: {type(exc).__name__}: {exc}",
+        raw=orjson.dumps(envelope, default=str), job_id=job_id_of(headers))
+    message.ack()

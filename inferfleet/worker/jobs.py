@@ -1,16 +1,22 @@
-"""From a task message to sample columns, and from batch outcomes to a `WireResult`."""
+"""From a task message to checked samples, and from batch outcomes to a `WireResult`.
+
+Everything here is bounded by what the message holds: no claimed shape or count is
+trusted before the bytes behind it and the limits are checked.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from inferfleet.batching import BatchOutcome
-from inferfleet.codec import decode_array, encode_column
-from inferfleet.errors import ErrorCode, WireFormatError
+from inferfleet.codec import WIRE_DTYPES, decode_array, encode_column
+from inferfleet.errors import ErrorCode, JobRefusedError, WireFormatError
 from inferfleet.models.config import ModelSignature
 from inferfleet.schemas import (
     SESSION_ID_PATTERN,
@@ -22,16 +28,77 @@ from inferfleet.schemas import (
     SampleStatus,
     WireResult,
 )
-from inferfleet.validation import Problem, SampleColumn, ValidatedJob
+from inferfleet.validation import Limits, Problem, SampleColumn, ValidatedJob, validate
 
 
-def decode_inputs(request: JobRequest,
-                  signature: ModelSignature) -> tuple[dict[str, SampleColumn], dict[int, Problem]]:
+def checked_request(kwargs: dict[str, Any], *, taken_at: float,
+                    max_deadline_s: float) -> JobRequest:
+    """The job's request, if it is one to compute now.
+
+    Raises:
+        JobRefusedError: `bad_request` for kwargs off the wire schema or a deadline
+            further than `max_deadline_s` away; `expired` if the deadline passed before
+            `taken_at`.
+    """
+    try:
+        request = JobRequest.model_validate(kwargs)
+    except ValidationError as exc:
+        raise JobRefusedError(ErrorCode.BAD_REQUEST,
+                              f"not a valid inferfleet.predict request: {_brief(exc)}") from exc
+    deadline = request.deadline_at
+    if deadline is not None and taken_at > deadline:
+        raise JobRefusedError(ErrorCode.EXPIRED,
+                              f"the deadline passed {taken_at - deadline:.3f} s before a "
+                              "worker took the job; it was not computed")
+    if deadline is not None and deadline - taken_at > max_deadline_s:
+        raise JobRefusedError(ErrorCode.BAD_REQUEST,
+                              f"deadline_at {deadline!r} is more than {max_deadline_s:g} s "
+                              "away (result_ttl_s): the job's record would expire first")
+    return request
+
+
+def checked_samples(request: JobRequest, signature: ModelSignature,
+                    limits: Limits) -> ValidatedJob:
+    """The job's samples, decoded and validated: bad ones carry their problem.
+
+    Raises:
+        JobRefusedError: for a problem of the whole job (undecodable inputs, too many
+            samples, a stacked input of the wrong shape, sample ids that do not fit).
+    """
+    try:
+        columns, decode_problems = decode_inputs(request, signature,
+                                                 max_samples=limits.max_job_samples)
+    except WireFormatError as exc:
+        raise JobRefusedError(exc.code, str(exc)) from exc
+    job = validate(columns, signature, limits)
+    if job.job_problem is not None:
+        raise JobRefusedError(*job.job_problem)
+    if job.n_samples == 0:
+        raise JobRefusedError(ErrorCode.BAD_REQUEST, "the job has no samples")
+    if request.sample_ids is not None and len(request.sample_ids) != job.n_samples:
+        raise JobRefusedError(ErrorCode.BAD_REQUEST,
+                              f"sample_ids holds {len(request.sample_ids)} ids for "
+                              f"{job.n_samples} samples; give one per sample, or none")
+    for index, problem in decode_problems.items():
+        job.problems[index] = problem
+    return job
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
+                     for e in exc.errors()[:5])
+
+
+def decode_inputs(request: JobRequest, signature: ModelSignature, *, max_samples: int
+                  ) -> tuple[dict[str, SampleColumn], dict[int, Problem]]:
     """Each input as stacked samples or a list of per-sample arrays, plus the samples
     whose arrays could not be decoded (they fail alone; a placeholder keeps their place).
 
     Raises:
-        WireFormatError: if a stacked input cannot be decoded (the whole job is bad).
+        WireFormatError: if a stacked input cannot be decoded, or an input holds more
+            than `max_samples` samples (`too_many_samples`, found before anything per
+            sample is made: a message of a few bytes can claim millions of zero-width
+            samples).
     """
     raw = request.inputs
     if not isinstance(raw, dict) or _is_encoded_array(raw):
@@ -43,13 +110,22 @@ def decode_inputs(request: JobRequest,
     problems: dict[int, Problem] = {}
     for name, value in raw.items():
         if isinstance(value, list):
+            _check_count(len(value), name, max_samples)
             columns[name] = _decode_samples(value, name, problems)
         else:
             array = decode_array(value, what=f"inputs[{name!r}]")
             if array.ndim == 0:
                 raise WireFormatError(f"inputs[{name!r}] must have a first axis of samples")
+            _check_count(len(array), name, max_samples)
             columns[name] = array
     return columns, problems
+
+
+def _check_count(n_samples: int, name: str, max_samples: int) -> None:
+    if n_samples > max_samples:
+        raise WireFormatError(f"inputs[{name!r}] holds {n_samples} samples; the limit is "
+                              f"{max_samples} (max_job_samples)",
+                              code=ErrorCode.TOO_MANY_SAMPLES)
 
 
 def _is_encoded_array(value: Mapping[str, Any]) -> bool:
@@ -68,28 +144,53 @@ def _decode_samples(values: list[Any], name: str,
     return samples
 
 
-#: A request that fails as a whole reports at most this many samples, whatever it claims.
-MAX_REPORTED_SAMPLES = 1_000_000
+#: The most samples a whole-job failure reports when no limit is given.
+MAX_REPORTED_SAMPLES = 100_000
 
 
-def count_samples(request: dict[str, Any]) -> int:
-    """How many samples a (possibly invalid) request carries, as well as can be told
-    (a claimed shape counts; never more than `MAX_REPORTED_SAMPLES`)."""
+def count_samples(request: dict[str, Any], *, most: int = MAX_REPORTED_SAMPLES) -> int:
+    """How many samples a (possibly invalid) request carries, counting only what it
+    holds: ids listed, arrays listed, or a stacked array whose bytes match its shape and
+    whose samples have elements. 0 for a claim beyond that, or beyond `most`: a result
+    is never bigger than the evidence in its message."""
     ids = request.get("sample_ids")
-    if isinstance(ids, list):
-        return min(len(ids), MAX_REPORTED_SAMPLES)
     inputs = request.get("inputs")
     first = next(iter(inputs.values()), None) if isinstance(inputs, dict) and \
         not _is_encoded_array(inputs) else inputs
-    if isinstance(first, list):
-        return min(len(first), MAX_REPORTED_SAMPLES)
-    shape = first.get("shape") if isinstance(first, dict) else None
-    claimed = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 0
-    return max(0, min(claimed, MAX_REPORTED_SAMPLES))
+    if isinstance(ids, list):
+        held = len(ids)
+    elif isinstance(first, list):
+        held = len(first)
+    elif isinstance(first, dict):
+        held = _stacked_samples_held(first)
+    else:
+        held = 0
+    return held if held <= most else 0
+
+
+def _stacked_samples_held(encoded: dict[str, Any]) -> int:
+    """The first axis of an encoded array, if its data (or values) can back it."""
+    shape, data, values = encoded.get("shape"), encoded.get("data"), encoded.get("values")
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        return 0
+    first: int = shape[0]
+    if isinstance(values, list):
+        return min(first, len(values))
+    dtype = encoded.get("dtype")
+    itemsize = _ITEMSIZES.get(dtype, 0) if isinstance(dtype, str) else 0
+    if not isinstance(data, str) or not itemsize:
+        return 0
+    held_bytes = len(data) * 3 // 4
+    return first if math.prod(shape) * itemsize <= held_bytes else 0
+
+
+_ITEMSIZES = {name: np.dtype(name).itemsize for name in WIRE_DTYPES}
 
 
 def sample_ids_of(request_ids: list[str] | None, n_samples: int) -> list[str]:
-    """The caller's sample ids, or each sample's index in its job."""
+    """The caller's sample ids (when there is one per sample), else each sample's index
+    in its job."""
     if request_ids is not None and len(request_ids) == n_samples:
         return request_ids
     while len(_INDEX_IDS) < n_samples:  # grown once, then sliced for every job
@@ -101,13 +202,15 @@ _INDEX_IDS: list[str] = []
 
 
 def failed_result(job_id: str, request: dict[str, Any], code: ErrorCode,
-                  message: str, *, status: JobStatus = JobStatus.FAILED) -> WireResult:
-    """A result in which the whole job failed (or expired) for one reason.
+                  message: str, *, status: JobStatus = JobStatus.FAILED,
+                  most_samples: int = MAX_REPORTED_SAMPLES) -> WireResult:
+    """A result in which the whole job failed (or expired) for one reason, with one
+    status per sample the request holds (`count_samples`, at most `most_samples`).
 
     `request` may be anything a client sent: only fields of the right form are kept (a
     malformed one must not stop the job from ending, nor name another session's keys).
     """
-    n_samples = count_samples(request)
+    n_samples = count_samples(request, most=most_samples)
     ids = request.get("sample_ids")
     ids = ids if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else None
     session_id = request.get("session_id")

@@ -21,21 +21,25 @@ import numpy.typing as npt
 import redis
 from celery import Celery
 from celery.worker import state as worker_state
-from pydantic import ValidationError
 
 from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
-from inferfleet.errors import ErrorCode, InferfleetError, UnknownModelError, WireFormatError
+from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
 from inferfleet.logs import job_context
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
 from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
-from inferfleet.schemas import JobRequest, JobStatus, JobTimings, WireResult
+from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
-from inferfleet.validation import Limits, ValidatedJob, validate
-from inferfleet.worker.jobs import compose_result, decode_inputs, failed_result
+from inferfleet.validation import Limits, ValidatedJob
+from inferfleet.worker.jobs import (
+    checked_request,
+    checked_samples,
+    compose_result,
+    failed_result,
+)
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.pool import ModelPool
 from inferfleet.worker.writer import GroupWriter
@@ -305,14 +309,18 @@ class InferenceService:
                 return self._dead_letter(job_id, kwargs, deliveries, app)
         started = time.time()
         self.running.mark(job_id)
-        with self.batcher.arriving() as arrival:
-            prepared = failed_result(
-                job_id, kwargs, ErrorCode.BAD_REQUEST,
-                f"{keys.TASK_NAME} takes keyword arguments only (the wire schema); got "
-                f"{positional_args} positional") if positional_args else \
-                self._prepare(job_id, kwargs, started, arrival)
-        result = prepared if isinstance(prepared, WireResult) else \
-            self._finish(job_id, prepared, started)
+        try:
+            if positional_args:
+                raise JobRefusedError(ErrorCode.BAD_REQUEST,
+                                      f"{keys.TASK_NAME} takes keyword arguments only (the "
+                                      f"wire schema); got {positional_args} positional")
+            with self.batcher.arriving() as arrival:
+                prepared = self._prepare(job_id, kwargs, started, arrival)
+            result = self._finish(job_id, prepared, started)
+        except JobRefusedError as exc:
+            result = self._failed(job_id, kwargs, exc.code, str(exc),
+                                  status=JobStatus.EXPIRED if exc.code is ErrorCode.EXPIRED
+                                  else JobStatus.FAILED)
         first = self._store(result, kwargs)
         self.running.done(job_id)
         if not first:
@@ -325,8 +333,14 @@ class InferenceService:
         Raises:
             redis.RedisError: if the result cannot be stored.
         """
-        result = failed_result(job_id, kwargs, ErrorCode.INTERNAL_ERROR,
-                               f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            result = self._failed(job_id, kwargs, ErrorCode.INTERNAL_ERROR, message)
+        except Exception:  # the request defeats even that: end the job with nothing of it
+            logger.exception("job %s: no result could be made of its request", job_id)
+            result = WireResult(job_id=job_id, model="", status=JobStatus.FAILED,
+                                sample_ids=[], sample_status=[],
+                                error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message))
         self._store(result, kwargs)
         return result
 
@@ -335,7 +349,7 @@ class InferenceService:
         reason = (f"delivered {deliveries} times without finishing (max_deliveries="
                   f"{self.settings.max_deliveries}): its worker died each time")
         logger.error("job %s dead-lettered: %s", job_id, reason)
-        result = failed_result(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
+        result = self._failed(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
                                status=JobStatus.DEAD_LETTERED)
         queue = keys.model_queue(str(kwargs.get("model", "")))
         # A replay is a new job: the original's deadline, notify list and submit time
@@ -347,6 +361,12 @@ class InferenceService:
         self._store(result, kwargs)
         return result
 
+    def _failed(self, job_id: str, kwargs: dict[str, Any], code: ErrorCode, message: str,
+                *, status: JobStatus = JobStatus.FAILED) -> WireResult:
+        """`failed_result`, reporting no more samples than the job may hold."""
+        return failed_result(job_id, kwargs, code, message, status=status,
+                             most_samples=self.limits.max_job_samples)
+
     def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
         """Store the result once (False if one was stored already), and count it."""
         started = time.perf_counter()
@@ -356,32 +376,16 @@ class InferenceService:
         return stored
 
     def _prepare(self, job_id: str, kwargs: dict[str, Any], started: float,
-                 arrival: Arrival) -> _Prepared | WireResult:
-        try:
-            request = JobRequest.model_validate(kwargs)
-        except ValidationError as exc:
-            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST,
-                                 f"not a valid inferfleet.predict request: {_brief(exc)}")
-        if request.deadline_at is not None and started > request.deadline_at:
-            late_s = started - request.deadline_at
-            return failed_result(job_id, kwargs, ErrorCode.EXPIRED,
-                                 f"the deadline passed {late_s:.3f} s before a worker took "
-                                 "the job; it was not computed",
-                                 status=JobStatus.EXPIRED)
-        try:
-            model = self._model_for(request)
-            columns, decode_problems = decode_inputs(request, model.signature)
-        except UnknownModelError as exc:
-            return failed_result(job_id, kwargs, ErrorCode.UNKNOWN_MODEL, str(exc))
-        except WireFormatError as exc:
-            return failed_result(job_id, kwargs, exc.code, str(exc))
-        except InferfleetError as exc:
-            return failed_result(job_id, kwargs, ErrorCode.INTERNAL_ERROR, str(exc))
-        job = validate(columns, model.signature, self.limits)
-        for index, problem in decode_problems.items():
-            job.problems[index] = problem
-        if job.n_samples == 0:
-            return failed_result(job_id, kwargs, ErrorCode.BAD_REQUEST, "the job has no samples")
+                 arrival: Arrival) -> _Prepared:
+        """The job's checked samples, handed to the batcher.
+
+        Raises:
+            JobRefusedError: if the job ends without being computed.
+        """
+        request = checked_request(kwargs, taken_at=started,
+                                  max_deadline_s=self.settings.result_ttl_s)
+        model = self._model_for(request)
+        job = checked_samples(request, model.signature, self.limits)
         self._rows_per_job += 0.2 * (job.n_samples - self._rows_per_job)
         future = None
         if len(job.valid_index):
@@ -390,11 +394,18 @@ class InferenceService:
         return _Prepared(request, model, job, future)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
-        model = self.pool.get(request.model)
+        """Raises: JobRefusedError: if this worker cannot serve the model asked for."""
+        try:
+            model = self.pool.get(request.model)
+        except UnknownModelError as exc:
+            raise JobRefusedError(ErrorCode.UNKNOWN_MODEL, str(exc)) from exc
+        except InferfleetError as exc:  # a model folder that cannot be loaded
+            raise JobRefusedError(ErrorCode.INTERNAL_ERROR, str(exc)) from exc
         wanted = request.model_version
         if wanted is not None and wanted != model.signature.version:
-            raise UnknownModelError(request.model, f"version {wanted!r} is not served; "
-                                                   f"this worker has {model.signature.version!r}")
+            raise JobRefusedError(ErrorCode.UNKNOWN_MODEL, str(UnknownModelError(
+                request.model, f"version {wanted!r} is not served; this worker has "
+                               f"{model.signature.version!r}")))
         return model
 
     def _finish(self, job_id: str, prepared: _Prepared, started: float) -> WireResult:
@@ -405,14 +416,14 @@ class InferenceService:
             except TimeoutError:
                 prepared.future.cancel()  # not computed for nobody, if not begun yet
                 logger.error("job %s: no batch result within job_time_limit_s", job_id)
-                return failed_result(
+                return self._failed(
                     job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
                     f"its batch did not finish within job_time_limit_s="
                     f"{self.settings.job_time_limit_s:g} (the worker was busy with earlier "
                     "batches)")
             except Exception as exc:  # a broken batch must still end this job
                 logger.exception("job %s: batch failed", job_id)
-                return failed_result(job_id, prepared.request.model_dump(),
+                return self._failed(job_id, prepared.request.model_dump(),
                                      ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
         finished = time.time()
         submitted = prepared.request.submitted_at
@@ -467,7 +478,3 @@ def _batch_key(model: OnnxModel, inputs: Mapping[str, npt.NDArray[Any]]) -> Hash
     shapes = tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
     return (model.signature.name, model, shapes)
 
-
-def _brief(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
-                     for e in exc.errors()[:5])

@@ -52,14 +52,16 @@ def test_oversized_samples_and_jobs_are_refused() -> None:
     job = validate({"x": [np.ones(3, np.float32), np.ones(11, np.float32)]}, big, LIMITS)
     assert codes(job.problems)[1] is ErrorCode.TOO_LARGE
     job = validate({"x": np.ones((101, 4), np.float32)}, SIGNATURE, LIMITS)
-    assert set(codes(job.problems).values()) == {ErrorCode.TOO_MANY_SAMPLES}
-    assert len(job.valid_index) == 0
+    assert job.job_problem is not None and job.job_problem[0] is ErrorCode.TOO_MANY_SAMPLES
+    assert job.problems == {} and len(job.valid_index) == 0  # one problem, not 101
+    assert set(codes(job.each_problem())) == set(range(101))
 
 
 def test_missing_and_unknown_inputs_fail_the_whole_job() -> None:
     job = validate({"y": np.ones((2, 4), np.float32)}, SIGNATURE, LIMITS)
-    assert codes(job.problems) == {0: ErrorCode.MISSING_INPUT, 1: ErrorCode.MISSING_INPUT}
-    assert "missing ['x'], unknown ['y']" in job.problems[0][1]
+    assert codes(job.each_problem()) == {0: ErrorCode.MISSING_INPUT, 1: ErrorCode.MISSING_INPUT}
+    assert job.job_problem is not None
+    assert "missing ['x'], unknown ['y']" in job.job_problem[1]
 
 
 def test_ragged_samples_of_a_dynamic_axis_must_share_the_first_valid_shape() -> None:
