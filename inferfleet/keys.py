@@ -25,6 +25,26 @@ def dead_message(letter_id: str) -> str:
 DEADLINES = f"{PREFIX}:deadlines"
 #: Published model signatures, a hash of model name -> JSON (read by producers).
 MODELS_HASH = f"{PREFIX}:models"
+#: kombu's Redis transport's record of taken, unacked messages (delivery tag -> the
+#: message and its route back) and its index by take time (kombu's own names).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+#: Holders of taken messages (worker channels) by their last heartbeat, in Redis time
+#: (see `liveness`), and the lapsed ones whose messages are owed back to their queues.
+HOLDERS = f"{PREFIX}:holders"
+LAPSED_HOLDERS = f"{PREFIX}:holders:lapsed"
+
+
+def holder_lapsed(holder_id: str) -> str:
+    """Set once a holder's heartbeat lapsed: its takes refuse from then on."""
+    return f"{PREFIX}:holder:lapsed:{holder_id}"
+
+
+def holder_giving_back(holder_id: str) -> str:
+    """The lock of the one worker giving a lapsed holder's messages back."""
+    return f"{PREFIX}:holder:giving-back:{holder_id}"
+
+
 #: Celery's Redis result backend key prefix (celery.backends.base.KeyValueStoreBackend).
 CELERY_RESULT_PREFIX = "celery-task-meta-"
 

@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 from inferfleet import keys
 from inferfleet.codec import json_fallback
 from inferfleet.errors import ErrorCode, ResultTimeoutError
+from inferfleet.liveness import held_job_ids
 from inferfleet.schemas import ErrorInfo, JobState, JobStatus, SampleStatus, WireResult
 
 #: Results polled per MGET: the oldest outstanding ids, refilled as they land, so that
@@ -37,7 +38,8 @@ RESULT_TTL_FOR_DEAD_S = 86_400
 
 _TERMINAL = {status.value for status in JobStatus}
 
-# KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream.
+# KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream,
+# deadlines.
 # ARGV: meta JSON, ttl, status, finished_at, job id, model, samples by status (success,
 # failure, expired), latency bucket (or ''), stream length bound.
 # A refused write is counted in the job's record (`refused_writes`): a duplicate computed.
@@ -48,6 +50,7 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 0
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[5])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], 'state', ARGV[3], 'finished_at', ARGV[4])
@@ -207,26 +210,40 @@ class Ledger:
             args=args)
         return bool(accepted), int(queued)
 
-    def reap(self, *, grace_s: float, limit: int = 500) -> list[str]:
+    def reap(self, *, grace_s: float, backstop_s: float, limit: int = 500) -> list[str]:
         """End with `expired` the jobs whose deadline passed more than `grace_s` ago and
-        that have no result (their message was lost, or no worker took them); the ids
-        of those it ended. Safe to run from many workers at once: results are write-once.
+        that have no result, and whose message no worker took before the deadline (it
+        was lost, or it waited in its queue): the ids of those it ended.
+
+        A deadline means "not computed after this", decided when the job is taken. So a
+        job whose message a worker holds, or whose message was given back after its
+        worker died having taken it in time (its record has `taken_at`), is left to be
+        computed; only `backstop_s` after the deadline is it reaped regardless. Safe to
+        run from many workers at once: results are write-once.
         """
-        due = [redis_text(i) for i in self.client.zrangebyscore(
-            keys.DEADLINES, "-inf", time.time() - grace_s, start=0, num=limit)
-            if isinstance(i, bytes | str)]
+        now = time.time()
+        scored: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            keys.DEADLINES, "-inf", now - grace_s, start=0, num=limit, withscores=True)
+        due = [(redis_text(job_id), float(deadline)) for job_id, deadline in scored]
         if not due:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for job_id in due:
+        for job_id, _ in due:
             pipe.exists(keys.result(job_id))
             pipe.hgetall(keys.job(job_id))
         replies = pipe.execute()
-        reaped = []
-        for job_id, has_result, record in zip(due, replies[::2], replies[1::2], strict=True):
+        held = held_job_ids(self.client)
+        reaped, settled = [], []
+        for (job_id, deadline), has_result, record in zip(due, replies[::2], replies[1::2],
+                                                          strict=True):
+            taken = job_id in held or b"taken_at" in record or "taken_at" in record
+            if not has_result and taken and deadline > now - backstop_s:
+                continue  # a worker holds it, or will compute it when it takes it again
             if not has_result and self.store_result(_expired(job_id, record)):
                 reaped.append(job_id)
-        self.client.zrem(keys.DEADLINES, *due)
+            settled.append(job_id)
+        if settled:
+            self.client.zrem(keys.DEADLINES, *settled)
         return reaped
 
     def end_if_forgotten(self, job_id: str) -> bool:
@@ -274,7 +291,7 @@ class Ledger:
                 [keys.result(result.job_id), keys.doorbell(result.job_id),
                  keys.job(result.job_id), notify or "",
                  keys.session_stats(session) if session else "",
-                 keys.session_stream(session) if session else ""],
+                 keys.session_stream(session) if session else "", keys.DEADLINES],
                 [celery_meta(result), self.ttl_s, result.status.value, now,
                  result.job_id, result.model, counts["success"], counts["failure"],
                  counts["expired"],

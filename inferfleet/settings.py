@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # would otherwise come back forever: Redis keeps no delivery count).
     restore_sweep_s: float = Field(10.0, gt=0)
     max_deliveries: int = Field(3, ge=1)
+    # A worker channel whose heartbeat lapsed this long is taken for dead: the messages
+    # it held go back to their queues (see `liveness`); workers beat 5 times as often.
+    heartbeat_timeout_s: float = Field(10.0, gt=0)
     # How often each worker ends (as expired) jobs whose deadline passed with no result
     # (their message lost, or no worker free), job_time_limit_s after the deadline.
     reaper_interval_s: float = Field(5.0, gt=0)
@@ -130,6 +133,11 @@ class Settings(BaseSettings):
                 f"hold time (prefetch_multiplier + 1) * job_time_limit_s = {longest_hold_s:g}"
                 " s, or held messages are delivered twice"
             )
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker beats for its channels and looks for lapsed ones."""
+        return self.heartbeat_timeout_s / 5
 
     def provider_list(self) -> list[str]:
         """`execution_providers` as a list (empty: the default choice)."""

@@ -1,10 +1,11 @@
 """kombu's Redis transport with these changes, each measured or seen to matter.
 
-- A message is taken from its queue and recorded as unacked in one atomic step (a Lua
-  script), not popped by BRPOP and recorded by the worker afterwards: a worker killed
-  between the two lost the message for good (seen in the mid-batch kill test). The take
-  gives each message its delivery tag, and its record the queue it came from as the way
-  back (kombu's restore pushes it there again). The script cannot block, so each read
+- A message is taken from its queue and recorded as unacked in one atomic step (the
+  take, `inferfleet.take`), not popped by BRPOP and recorded by the worker afterwards: a
+  worker killed between the two lost the message for good (seen in the mid-batch kill
+  test). The take gives each message its delivery tag, and its record the queue it came
+  from as the way back (kombu's restore pushes it there again). The script cannot block,
+  so each read
   waits on the queues' bells (`keys.queue_bell`, rung by inferfleet's producers, and kept
   ringing by the take while a queue holds messages) for at most `idle_poll_s`, with the
   take sent right behind the wait: one round trip per message, as BRPOP was. A message
@@ -12,6 +13,10 @@
   kombu's restore) waits at most `idle_poll_s` for an idle worker.
 - A take pops up to `most_per_take` messages, no more than prefetch leaves room for nor
   than the consumer's `take_budget` wants; acks ride with the next take.
+- With the worker's `heartbeats`, a channel takes under a holder id of its own, so that
+  when its worker dies or stalls the fleet gives its messages back within seconds
+  (`inferfleet.liveness`); it acks nothing that was given back meanwhile, and a warm
+  shutdown puts back what it never began without counting a delivery.
 - One Redis client per channel instead of one per call: kombu's `conn_or_acquire` built a
   new `redis.Redis` (over the same pool) for every publish and every ack; in a worker that
   sends three task events and one ack per job that was ~9% of its CPU (py-spy).
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,60 +47,12 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from inferfleet import keys
-from inferfleet.admission import Admitted, admit
+from inferfleet.admission import Admitted, admit, job_id_of
 from inferfleet.ledger import dead_letter
+from inferfleet.liveness import TAKEN_AT, Heartbeats, give_back, new_holder_id
+from inferfleet.take import TakeSource, take_command
 
 logger = logging.getLogger(__name__)
-
-# KEYS: unacked hash, unacked index, the n lists to try in order, then the queues' bells.
-# ARGV: now, n, the most messages to take, then per list '1' if its consumer acks (else
-# nothing is recorded: kombu never acks it), per list the KEYS index of its queue's bell,
-# per list its queue's name, and a prefix unique to this take. Pops up to that many of the
-# oldest messages of the first non-empty list and records each one unacked under a fresh
-# delivery tag (the prefix and its place in the take), in kombu's own record form:
-# [message, exchange, routing key], with the anonymous exchange and the queue it came from
-# as the route back. Rings the bell again if the list still holds messages, and returns
-# {list, tag, message, tag, message...} ('' for the tag of a message not recorded). With
-# every list empty it silences the bells (rings before now are stale; a later push rings
-# anew) and returns false.
-#
-# The message is never decoded here: cjson read each whole envelope (87 KB for a
-# 256-sample job) only to find its delivery tag and route, ~60% of Redis's CPU in bulk
-# runs. The worker gives the message the take's tag when it decodes it anyway.
-_TAKE = """
-local n, most = tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 1, n do
-  local list = KEYS[2 + i]
-  local item = redis.call('RPOP', list)
-  if item then
-    local taken = {list}
-    local acked = ARGV[3 + i] == '1'
-    local route = ', "", ' .. cjson.encode(ARGV[3 + 2 * n + i]) .. ']'
-    local prefix = ARGV[4 + 3 * n]
-    local count = 0
-    while item do
-      count = count + 1
-      local tag = ''
-      if acked then
-        tag = prefix .. count
-        redis.call('ZADD', KEYS[2], ARGV[1], tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. item .. route)
-      end
-      taken[#taken + 1] = tag
-      taken[#taken + 1] = item
-      if count >= most then break end
-      item = redis.call('RPOP', list)
-    end
-    local bell = KEYS[tonumber(ARGV[3 + n + i])]
-    if redis.call('LLEN', list) > 0 and redis.call('LLEN', bell) == 0 then
-      redis.call('LPUSH', bell, '1')
-    end
-    return taken
-  end
-end
-for i = n + 3, #KEYS do redis.call('DEL', KEYS[i]) end
-return false
-"""
 
 #: What `broker_transport` names to use this transport.
 TRANSPORT_PATH = "inferfleet.transport:Transport"
@@ -129,8 +85,27 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel.acks_to_send.append(delivery_tag)
+        if self.channel.holds(delivery_tag):
+            self.channel.acks_to_send.append(delivery_tag)
+        else:  # given back by the fleet meanwhile: the record is no longer ours to remove
+            logger.warning("not acking %s: its holder lapsed and the message was given back",
+                           delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Put back the messages this channel holds unacked as it closes: those whose jobs
+        began marked redelivered (a delivery counted), the others as they came, so that a
+        warm shutdown (SIGTERM) counts no delivery for what it never ran."""
+        began = self.channel.job_began
+        with self.channel.conn_or_acquire(client) as conn:
+            for tag, message in list((self._delivered or {}).items()):
+                if not self.channel.holds(tag):
+                    continue  # being given back by the fleet already
+                ran = began is None or began(job_id_of(message.headers or {}))
+                if not give_back(conn, tag, redelivered=ran):  # not of the take's form
+                    self.restore_by_tag(tag, client=conn)
+        if self._delivered is not None:
+            self._delivered.clear()
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         """kombu's restore, except that a record no message can be made of (the take
@@ -161,6 +136,13 @@ class Channel(kombu_redis.Channel):
     #: a kombu envelope); from the broker's transport options. Workers set it, so that
     #: every message they take is checked against the whole task-message contract.
     accepted_tasks: frozenset[str] | None = None
+    #: The worker's heartbeats (`liveness.Heartbeats`); from the broker's transport
+    #: options. With them the channel takes under a holder id of its own, so that its
+    #: messages go back within seconds of its worker's death.
+    heartbeats: Heartbeats | None = None
+    #: Whether the job a message names began in this process (unset: assume so); from
+    #: the broker's transport options.
+    job_began: Callable[[str | None], bool] | None = None
     #: Messages above this many bytes are dead-lettered (0: no limit); set from the
     #: broker's transport options like kombu's own options.
     max_message_bytes = 0
@@ -169,7 +151,8 @@ class Channel(kombu_redis.Channel):
     #: batcher busy, so that the rest stays in Redis for whichever worker frees up first.
     take_budget: Callable[[], int] | None = None
     from_transport_options = (*kombu_redis.Channel.from_transport_options,
-                              "max_message_bytes", "take_budget", "accepted_tasks")
+                              "max_message_bytes", "take_budget", "accepted_tasks",
+                              "heartbeats", "job_began")
 
     #: How long a worker whose queues were empty waits on their bells before it looks
     #: again (the longest an idle worker takes to see a message that rang no bell, and
@@ -194,6 +177,23 @@ class Channel(kombu_redis.Channel):
     def recorded_by_take(self) -> set[str]:
         """Delivery tags the take recorded unacked, while they are being delivered."""
         return set()
+
+    #: The holder id this channel takes under (None without heartbeats).
+    holder_id: str | None = None
+
+    def _renew_holder(self) -> None:
+        """Take under a new holder id from now on (at the first take, and once the fleet
+        found the old one lapsed: its messages are being given to other workers)."""
+        assert self.heartbeats is not None
+        if self.holder_id is not None:
+            self.heartbeats.discard(self.holder_id)
+        self.holder_id = new_holder_id()
+        self.heartbeats.add(self.holder_id)
+
+    def holds(self, tag: str) -> bool:
+        """Whether the message taken under `tag` is still this channel's own (False once
+        its holder lapsed: it is being given back, and must not be acked)."""
+        return self.heartbeats is None or self.heartbeats.holds(tag)
 
     @cached_property
     def _shared_client(self) -> Any:
@@ -222,13 +222,6 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
         if not queues:
             return
-        order = [(index, queue, pri) for pri in self.priority_steps
-                 for index, queue in enumerate(queues)]
-        lists = [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
-                 for _, queue, pri in order]
-        acked = ["0" if queue in self._no_ack_queues else "1" for _, queue, _ in order]
-        bells = [keys.queue_bell(queue) for queue in queues]
-        bell_of_list = [3 + len(lists) + index for index, _, _ in order]  # Lua's KEYS index
         # Without a prefetch limit (a plain kombu consumer), one per take, as kombu does.
         room = self.qos.can_consume_max_estimate() or 1
         if self.take_budget is not None:
@@ -240,11 +233,14 @@ class Channel(kombu_redis.Channel):
                 return  # busy enough; asked again on the event loop's next turn
             room = min(room, wanted)
         most = max(1, min(self.most_per_take, room))
-        wait = ["BRPOP", *bells, self.idle_poll_s]
-        take = ["EVAL", _TAKE, 2 + len(lists) + len(bells), self.unacked_key,
-                self.unacked_index_key, *lists, *bells, time.time(), len(lists), most,
-                *acked, *bell_of_list, *(queue for _, queue, _ in order),
-                f"{uuid.uuid4().hex}."]
+        if self.heartbeats is not None and self.holder_id is None:
+            self._renew_holder()  # channels that never take (events, control) hold nothing
+        sources = [TakeSource(self._q_for_pri(queue, pri),  # type: ignore[attr-defined]
+                              queue, acked=queue not in self._no_ack_queues)
+                   for pri in self.priority_steps for queue in queues]
+        wait = ["BRPOP", *(keys.queue_bell(queue) for queue in queues), self.idle_poll_s]
+        take = take_command(sources, most=most, holder=self.holder_id,
+                            unacked=self.unacked_key, unacked_index=self.unacked_index_key)
         # A wait for a ring, the take right behind it, then the acks since the last take,
         # in one round trip: Redis runs the take as soon as the wait ends (at once while
         # a queue holds messages: the take keeps its bell ringing). The acks go last so
@@ -276,6 +272,10 @@ class Channel(kombu_redis.Channel):
                 logger.warning("could not send %d ack(s) at close; their messages come "
                                "back and are acked without running again", len(commands[0]) - 2)
         super().close()
+        if self.heartbeats is not None and self.holder_id is not None:
+            # No more beats: whatever kombu's close could not put back is given back by
+            # the fleet once the beat lapses.
+            self.heartbeats.discard(self.holder_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -293,9 +293,13 @@ class Channel(kombu_redis.Channel):
                 # Disconnect, so that the next iteration reconnects (as kombu does).
                 self.client.connection.disconnect()
                 raise
+            if reply == b"lapsed":
+                self._renew_holder()
+                raise Empty()
             if not reply:
                 raise Empty()
             dest, *taken = reply
+            taken_at = time.time()
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]  # kombu internal
             for raw_tag, item in zip(taken[::2], taken[1::2], strict=True):
@@ -305,6 +309,9 @@ class Channel(kombu_redis.Channel):
                     continue
                 if tag is not None:  # the tag it is recorded under, whatever it came with
                     message["properties"]["delivery_tag"] = tag
+                    # A message given back keeps the time of its first take: its deadline
+                    # is checked against that.
+                    message["properties"].setdefault(TAKEN_AT, taken_at)
                     self.recorded_by_take.add(tag)
                 try:
                     self.connection._deliver(message, dest)

@@ -16,16 +16,17 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_shutdown
 
 from inferfleet import keys, logs
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
+from inferfleet.liveness import TAKEN_AT
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
 from inferfleet.worker.consumer import CONSUMER_PATH
 from inferfleet.worker.metrics import WorkerMetrics
-from inferfleet.worker.service import InferenceService
+from inferfleet.worker.service import Delivery, InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +46,45 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     service = InferenceService(settings, client)
     app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                          "take_budget": service.messages_wanted,
-                                         "accepted_tasks": frozenset({keys.TASK_NAME})}
+                                         "accepted_tasks": frozenset({keys.TASK_NAME}),
+                                         "heartbeats": service.heartbeats,
+                                         "job_began": service.job_began}
 
     @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
     def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        job_id = str(task.request.id)
-        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        delivery = _delivery_of(task, args, kwargs)
         try:
             try:
-                result = service.handle(job_id, kwargs, positional_args=len(args),
-                                        redelivered=redelivered, app=app)
+                result = service.handle(delivery, app=app)
             except redis.RedisError:
                 raise
             except Exception as exc:  # every job must end: a bug still gets a result
-                logger.exception("job %s failed unexpectedly", job_id)
-                result = service.fail(job_id, kwargs, exc)
+                logger.exception("job %s failed unexpectedly", delivery.job_id)
+                result = service.fail(delivery.job_id, kwargs, exc)
         except redis.RedisError as exc:
             # The result could not be stored: the message goes back to run again, never
             # acked without a result (kombu restores it if even this cannot reach Redis).
-            logger.warning("job %s: Redis failed (%s); requeued", job_id, exc)
+            logger.warning("job %s: Redis failed (%s); requeued", delivery.job_id, exc)
             raise Reject(f"Redis failed: {exc}", requeue=True) from exc
+        if result is None:
+            return {"status": "not_held"}
         failed = sum(status != "success" for status in result.sample_status)
         return {"status": result.status.value, "samples": len(result.sample_ids),
                 "failed": failed}
 
     return app, service
+
+
+def _delivery_of(task: Task[Any, Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Delivery:
+    request = task.request
+    properties = getattr(request, "properties", None) or {}
+    taken_at = properties.get(TAKEN_AT)
+    tag = properties.get("delivery_tag")
+    return Delivery(job_id=str(request.id), kwargs=kwargs, positional_args=len(args),
+                    redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                    taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
+                    tag=tag if isinstance(tag, str) else None)
 
 
 def run_worker(settings: Settings, *, models: list[str] | None = None,
@@ -89,6 +104,8 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
     if settings.metrics_port:
         service.metrics = WorkerMetrics(service.client, served)
         service.metrics.serve(settings.metrics_port)
+    service.start()
+    worker_shutdown.connect(lambda **_: service.stop(), weak=False)
     queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
     node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
     app.worker_main([

@@ -11,7 +11,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
+from inferfleet.liveness import Heartbeats
 from inferfleet.logs import job_context
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
@@ -34,147 +34,21 @@ from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob
+from inferfleet.worker.backlog import QueueBacklog, messages_to_take
+from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
     checked_request,
     checked_samples,
     compose_result,
     failed_result,
 )
+from inferfleet.worker.marks import RunningMarks
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.pool import ModelPool
+from inferfleet.worker.upkeep import schedule_upkeep
 from inferfleet.worker.writer import GroupWriter
 
 logger = logging.getLogger(__name__)
-
-
-class QueueBacklog:
-    """How many jobs for a batch key's model are known to be coming: those this worker
-    has taken from Redis that no pool thread has begun (a take holds up to 16, prefetch
-    up to `prefetch_multiplier` x concurrency), and the messages still waiting in Redis.
-    The batcher's hint that holding a batch open will pay.
-
-    Answered from memory, never with a round trip on the batch's path: a background thread
-    reads the queue lengths of the models asked about since its last read, at most every
-    `REFRESH_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
-    """
-
-    REFRESH_S = 0.005
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self._waiting: dict[str, int] = {}
-        self._asked: set[str] = set()
-        self._wake = threading.Event()
-        threading.Thread(target=self._refresh, name="queue-backlog", daemon=True).start()
-
-    def __call__(self, key: Hashable) -> int:
-        model = str(key[0])  # type: ignore[index]
-        self._asked.add(model)
-        self._wake.set()
-        return self._waiting.get(model, 0) + _taken_not_begun(model)
-
-    def _refresh(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            active, self._asked = list(self._asked), set()
-            try:
-                pipe = self.client.pipeline(transaction=False)
-                for model in active:
-                    pipe.llen(keys.model_queue(model))
-                pipe.llen(keys.DEFAULT_QUEUE)
-                *lengths, shared = pipe.execute()
-                self._waiting = {model: int(n) + int(shared)
-                                 for model, n in zip(active, lengths, strict=True)}
-            except redis.RedisError:  # only a hint: never let it fail a batch
-                self._waiting = {}
-            time.sleep(self.REFRESH_S)
-
-
-def _taken_not_begun(model: str) -> int:
-    """Jobs for `model` that Celery in this process has reserved but not yet handed to a
-    pool thread (it counts them itself, in `celery.worker.state`)."""
-    queues = (keys.model_queue(model), keys.DEFAULT_QUEUE)
-    active = worker_state.active_requests
-    # The consumer thread adds to the set meanwhile. It is a WeakSet, whose iteration runs
-    # Python code: list(reserved_requests) raised "Set changed size during iteration" in a
-    # bench run. Copying the builtin set of references under it is one step under the GIL.
-    reserved = worker_state.reserved_requests
-    if isinstance(reserved, weakref.WeakSet):
-        references = list(reserved.data)  # type: ignore[attr-defined]  # CPython's own
-        requests = [reference() for reference in references]
-    else:
-        requests = list(reserved)
-    return sum(1 for request in requests
-               if request is not None and request not in active
-               and (request.delivery_info or {}).get("routing_key") in queues)
-
-
-class RunningMarks:
-    """Marks jobs running in the ledger from one background thread, many per round trip,
-    so that no job waits on it (the ledger's guard keeps terminal states terminal).
-
-    A mark waits `GATHER_S` before it is sent, and a job that ended meanwhile is not
-    marked at all: most jobs end within a few milliseconds, and their marks were one Lua
-    call each, on the worker's and Redis's CPU, for a state no one could have read.
-    """
-
-    #: How long marks gather before they are sent (a job may read "queued" this much
-    #: longer than it is).
-    GATHER_S = 0.02
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self._cond = threading.Condition()
-        self._pending: dict[str, None] = {}  # job ids, in the order they began
-        self._thread = threading.Thread(target=self._run, name="running-marks", daemon=True)
-        self._thread.start()
-
-    def mark(self, job_id: str) -> None:
-        """The job began here."""
-        with self._cond:
-            self._pending[job_id] = None
-            self._cond.notify()
-
-    def done(self, job_id: str) -> None:
-        """The job ended (its result is stored): no mark is needed any more."""
-        with self._cond:
-            self._pending.pop(job_id, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-            time.sleep(self.GATHER_S)
-            with self._cond:
-                job_ids, self._pending = list(self._pending), {}
-            if not job_ids:
-                continue
-            try:
-                self.ledger.mark_running(job_ids)
-            except redis.RedisError:  # a state for `status`, never worth failing a job
-                logger.warning("could not mark %d job(s) running", len(job_ids), exc_info=True)
-
-
-class Reaper:
-    """Every `interval_s`, ends the jobs whose deadline passed `grace_s` ago unfinished."""
-
-    def __init__(self, ledger: Ledger, *, interval_s: float, grace_s: float) -> None:
-        self.ledger, self.interval_s, self.grace_s = ledger, interval_s, grace_s
-        threading.Thread(target=self._run, name="reaper", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
-            try:
-                reaped = self.ledger.reap(grace_s=self.grace_s)
-            except redis.RedisError:
-                logger.warning("reaper could not read deadlines", exc_info=True)
-                continue
-            if reaped:
-                logger.warning("reaped %d job(s) past their deadline: %s", len(reaped),
-                               reaped[:10])
 
 
 class InFlightJobs:
@@ -198,6 +72,24 @@ class InFlightJobs:
         with self._lock:
             self._running.pop(job_id).set()
 
+    def claimed(self, job_id: str) -> bool:
+        return job_id in self._running
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a job's message to this process, as the task got it."""
+
+    job_id: str
+    kwargs: dict[str, Any]
+    positional_args: int = 0
+    #: Delivered before (kombu's flag: its worker died, or its connection dropped).
+    redelivered: bool = False
+    #: When the message was first taken (its deadline is checked against this), if known.
+    taken_at: float | None = None
+    #: The transport's delivery tag (None when not run through a worker's transport).
+    tag: str | None = None
+
 
 @dataclass
 class _Prepared:
@@ -216,15 +108,20 @@ class InferenceService:
         self.ledger = Ledger(client, ttl_s=settings.result_ttl_s,
                              session_stream_max_jobs=settings.session_stream_max_jobs)
         self.results = GroupWriter(self.ledger.store_results)
-        self.running = RunningMarks(self.ledger)
-        self.reaper = Reaper(self.ledger, interval_s=settings.reaper_interval_s,
-                             grace_s=settings.job_time_limit_s)
+        #: The background duties of this process; started by `start`.
+        self.housekeeping = Housekeeping(name="worker-housekeeping")
+        #: The holder ids of this process's broker channels (the transport's).
+        self.heartbeats = Heartbeats()
+        schedule_upkeep(self.housekeeping, client=client, ledger=self.ledger,
+                        heartbeats=self.heartbeats, settings=settings)
+        self.running = RunningMarks(self.ledger, self.housekeeping)
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process(),
                               providers=settings.provider_list(), on_load=self._publish)
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
                                     max_wait_ms=settings.max_wait_ms,
-                                    backlog=QueueBacklog(client), name=f"b{os.getpid()}")
+                                    backlog=QueueBacklog(client, self.housekeeping),
+                                    name=f"b{os.getpid()}")
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
@@ -236,6 +133,21 @@ class InferenceService:
 
     #: Full batches a worker keeps ready behind the one running.
     TAKE_AHEAD_BATCHES = 2
+
+    def start(self) -> None:
+        """Start the background duties (heartbeats first: a channel takes nothing until
+        its holder is registered, which its first take does)."""
+        self.housekeeping.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the background duties, waiting up to `timeout_s` for the one running."""
+        self.housekeeping.stop()
+        self.housekeeping.join(timeout_s)
+
+    def job_began(self, job_id: str | None) -> bool:
+        """Whether this process began the job (the transport asks as it puts messages back
+        at close: one that never began counts no delivery)."""
+        return job_id is not None and self.in_flight.claimed(job_id)
 
     def messages_wanted(self) -> int:
         """How many more messages this worker should take now (the transport asks before
@@ -270,9 +182,10 @@ class InferenceService:
         signature = model.signature.model_copy(update={"providers": model.providers})
         self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
 
-    def handle(self, job_id: str, kwargs: dict[str, Any], *, positional_args: int = 0,
-               redelivered: bool = False, app: Celery | None = None) -> WireResult:
-        """Run one job to its terminal result and store it (once).
+    def handle(self, delivery: Delivery, *, app: Celery | None = None) -> WireResult | None:
+        """Run one job to its terminal result and store it (once); None for a message
+        this process no longer holds (its holder lapsed while it waited here: the fleet
+        gave it to another worker, so it is neither run nor acked here).
 
         A job delivered more than `max_deliveries` times (its worker died each time) is
         not computed again: it ends `dead_lettered`, and a copy of it under a new job id
@@ -280,15 +193,19 @@ class InferenceService:
         back with its result stored, or that this process is running already, is not
         computed again either: the stored result is returned.
         """
+        job_id = delivery.job_id
+        if delivery.tag is not None and not self.heartbeats.holds(delivery.tag):
+            logger.warning("job %s: its message was given to another worker while it "
+                           "waited here (this worker stalled); not run here", job_id)
+            return None
         while (earlier := self.in_flight.begin(job_id)) is not None:
             earlier.wait()
             if (stored := self.ledger.stored_result(job_id)) is not None:
                 logger.info("job %s delivered again while it ran here; not run twice", job_id)
                 return stored
         try:
-            with job_context(job_id, kwargs):
-                result = self._handle(job_id, kwargs, positional_args=positional_args,
-                                      redelivered=redelivered, app=app)
+            with job_context(job_id, delivery.kwargs):
+                result = self._handle(delivery, app=app)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("job %s ended %s (%d samples, batches %s)", job_id,
                                  result.status.value, len(result.sample_ids), result.batch_ids,
@@ -297,9 +214,9 @@ class InferenceService:
         finally:
             self.in_flight.end(job_id)
 
-    def _handle(self, job_id: str, kwargs: dict[str, Any], *, positional_args: int,
-                redelivered: bool, app: Celery | None) -> WireResult:
-        if redelivered:
+    def _handle(self, delivery: Delivery, *, app: Celery | None) -> WireResult:
+        job_id, kwargs = delivery.job_id, delivery.kwargs
+        if delivery.redelivered:
             deliveries, finished = self.ledger.count_redelivery(job_id)
             # Stored by an earlier delivery whose worker died before the ack: ack it now.
             if finished and (stored := self.ledger.stored_result(job_id)) is not None:
@@ -310,12 +227,14 @@ class InferenceService:
         started = time.time()
         self.running.mark(job_id)
         try:
-            if positional_args:
+            if delivery.positional_args:
                 raise JobRefusedError(ErrorCode.BAD_REQUEST,
                                       f"{keys.TASK_NAME} takes keyword arguments only (the "
-                                      f"wire schema); got {positional_args} positional")
+                                      f"wire schema); got {delivery.positional_args} "
+                                      "positional")
             with self.batcher.arriving() as arrival:
-                prepared = self._prepare(job_id, kwargs, started, arrival)
+                prepared = self._prepare(job_id, kwargs, delivery.taken_at or started,
+                                         arrival)
             result = self._finish(job_id, prepared, started)
         except JobRefusedError as exc:
             result = self._failed(job_id, kwargs, exc.code, str(exc),
@@ -375,14 +294,15 @@ class InferenceService:
             self.metrics.job_done(result, time.perf_counter() - started)
         return stored
 
-    def _prepare(self, job_id: str, kwargs: dict[str, Any], started: float,
+    def _prepare(self, job_id: str, kwargs: dict[str, Any], taken_at: float,
                  arrival: Arrival) -> _Prepared:
         """The job's checked samples, handed to the batcher.
 
         Raises:
-            JobRefusedError: if the job ends without being computed.
+            JobRefusedError: if the job ends without being computed (`expired` if its
+                message was first taken after its deadline).
         """
-        request = checked_request(kwargs, taken_at=started,
+        request = checked_request(kwargs, taken_at=taken_at,
                                   max_deadline_s=self.settings.result_ttl_s)
         model = self._model_for(request)
         job = checked_samples(request, model.signature, self.limits)
@@ -449,18 +369,6 @@ class InferenceService:
             rows = len(next(iter(inputs.values())))
             self.metrics.batch_done(name, rows, time.perf_counter() - started)
         return postprocess(outputs, model.config.postprocess, model.signature.labels)
-
-
-def messages_to_take(take_ahead_rows: int, *, rows_per_job: float, queued_rows: int,
-                     jobs_ahead: int) -> int:
-    """Messages to take so that `take_ahead_rows` rows wait ahead of the batcher: rows it
-    holds queued, plus jobs taken but not yet submitted to it, at `rows_per_job` each. At
-    least one when nothing waits at all."""
-    per_job = max(1.0, rows_per_job)
-    if jobs_ahead == 0 and queued_rows == 0:
-        return max(1, int(take_ahead_rows // per_job))
-    rows_ahead = queued_rows + jobs_ahead * per_job
-    return max(0, int((take_ahead_rows - rows_ahead) // per_job))
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

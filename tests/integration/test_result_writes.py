@@ -16,8 +16,9 @@ from inferfleet.embedded import EmbeddedRedis
 from inferfleet.errors import ErrorCode
 from inferfleet.ledger import Ledger
 from inferfleet.schemas import WireResult
+from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import failed_result
-from inferfleet.worker.service import RunningMarks
+from inferfleet.worker.marks import RunningMarks
 from inferfleet.worker.writer import GroupWriter
 
 
@@ -82,7 +83,8 @@ def test_a_server_that_lost_its_scripts_still_stores_once(redis_server: Embedded
 def test_a_job_that_ends_before_its_running_mark_is_sent_is_never_marked(
         redis_server: EmbeddedRedis) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    marks = RunningMarks(Ledger(client, ttl_s=60))
+    housekeeping = Housekeeping().start()
+    marks = RunningMarks(Ledger(client, ttl_s=60), housekeeping)
     quick, slow = str(uuid.uuid4()), str(uuid.uuid4())
     marks.mark(quick)
     marks.mark(slow)
@@ -93,3 +95,6 @@ def test_a_job_that_ends_before_its_running_mark_is_sent_is_never_marked(
         time.sleep(0.01)
     assert client.hget(keys.job(slow), "state") == b"running"
     assert client.hget(keys.job(quick), "state") is None
+    housekeeping.stop()
+    housekeeping.join(5)
+    assert not housekeeping.running

@@ -1,6 +1,6 @@
 """How many messages a worker takes: enough rows for its next batches, no more."""
 
-from inferfleet.worker.service import messages_to_take
+from inferfleet.worker.backlog import messages_to_take
 
 
 def test_single_sample_jobs_are_limited_by_prefetch_not_by_rows() -> None:

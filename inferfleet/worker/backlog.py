@@ -1,0 +1,87 @@
+"""How much work is ahead of a worker's batcher: the hint that holding a batch open will
+pay, and how many more messages the worker should take."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Hashable
+
+import redis
+from celery.worker import state as worker_state
+
+from inferfleet import keys
+from inferfleet.worker.housekeeping import Housekeeping
+
+
+class QueueBacklog:
+    """How many jobs for a batch key's model are known to be coming: those this worker
+    has taken from Redis that no pool thread has begun (a take holds up to 16, prefetch
+    up to `prefetch_multiplier` x concurrency), and the messages still waiting in Redis.
+    The batcher's hint that holding a batch open will pay.
+
+    Answered from memory, never with a round trip on the batch's path: a housekeeping duty
+    reads the queue lengths of the models asked about since its last read, at most every
+    `REFRESH_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
+    """
+
+    REFRESH_S = 0.005
+    DUTY = "queue-backlog"
+
+    def __init__(self, client: redis.Redis, housekeeping: Housekeeping) -> None:
+        self.client = client
+        self.housekeeping = housekeeping
+        self._waiting: dict[str, int] = {}
+        self._asked: set[str] = set()
+        housekeeping.when_asked(self.refresh, name=self.DUTY, min_interval_s=self.REFRESH_S)
+
+    def __call__(self, key: Hashable) -> int:
+        model = str(key[0])  # type: ignore[index]
+        self._asked.add(model)
+        self.housekeeping.ask(self.DUTY)
+        return self._waiting.get(model, 0) + _taken_not_begun(model)
+
+    def refresh(self) -> None:
+        """Read the queue lengths of the models asked about (0 for all if Redis fails:
+        it is only a hint)."""
+        active, self._asked = list(self._asked), set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for model in active:
+                pipe.llen(keys.model_queue(model))
+            pipe.llen(keys.DEFAULT_QUEUE)
+            *lengths, shared = pipe.execute()
+            self._waiting = {model: int(n) + int(shared)
+                             for model, n in zip(active, lengths, strict=True)}
+        except redis.RedisError:  # only a hint: never let it fail a batch
+            self._waiting = {}
+
+
+def _taken_not_begun(model: str) -> int:
+    """Jobs for `model` that Celery in this process has reserved but not yet handed to a
+    pool thread (it counts them itself, in `celery.worker.state`)."""
+    queues = (keys.model_queue(model), keys.DEFAULT_QUEUE)
+    active = worker_state.active_requests
+    # The consumer thread adds to the set meanwhile. It is a WeakSet, whose iteration runs
+    # Python code: list(reserved_requests) raised "Set changed size during iteration" in a
+    # bench run. Copying the builtin set of references under it is one step under the GIL.
+    reserved = worker_state.reserved_requests
+    if isinstance(reserved, weakref.WeakSet):
+        references = list(reserved.data)  # type: ignore[attr-defined]  # CPython's own
+        requests = [reference() for reference in references]
+    else:
+        requests = list(reserved)
+    return sum(1 for request in requests
+               if request is not None and request not in active
+               and (request.delivery_info or {}).get("routing_key") in queues)
+
+
+def messages_to_take(take_ahead_rows: int, *, rows_per_job: float, queued_rows: int,
+                     jobs_ahead: int) -> int:
+    """Messages to take so that `take_ahead_rows` rows wait ahead of the batcher: rows it
+    holds queued, plus jobs taken but not yet submitted to it, at `rows_per_job` each. At
+    least one when nothing waits at all."""
+    per_job = max(1.0, rows_per_job)
+    if jobs_ahead == 0 and queued_rows == 0:
+        return max(1, int(take_ahead_rows // per_job))
+    rows_ahead = queued_rows + jobs_ahead * per_job
+    return max(0, int((take_ahead_rows - rows_ahead) // per_job))
