@@ -4,6 +4,8 @@
 # Errors
 from inferfleet.errors import (
     BadArgumentError,
+    BrokerError,
+    BrokerFullError,
     ConfigurationError,
     ErrorCode,
     InferfleetError,
@@ -23,6 +25,8 @@ from inferfleet.settings import Settings
 __all__ = [
     "AsyncClient",
     "BadArgumentError",
+    "BrokerError",
+    "BrokerFullError",
     "Client",
     "ConfigurationError",
     "ErrorCode",

@@ -4,6 +4,7 @@
     ├── ConfigurationError      settings that cannot work together
     ├── ServerError             the embedded Redis server or a fleet process failed to start
     ├── BrokerError             Redis did not answer in time or refused the connection
+    │   └── BrokerFullError     Redis is at its maxmemory and refuses writes
     ├── WireFormatError         a message or array that does not follow the wire schema
     ├── JobRefusedError         a job a worker ends without computing it (bad, or expired)
     ├── InvalidInputError       samples rejected by validation before anything is enqueued
@@ -55,6 +56,15 @@ class ServerError(InferfleetError):
 
 class BrokerError(InferfleetError, ConnectionError):
     """Redis could not be reached, or did not answer within the socket timeout."""
+
+
+class BrokerFullError(BrokerError):
+    """Redis is at its maxmemory (noeviction) and refuses writes; `submitted` lists the
+    jobs of the call that went before it filled."""
+
+    def __init__(self, message: str, submitted: list[Any] | None = None) -> None:
+        self.submitted = submitted or []
+        super().__init__(message)
 
 
 class WireFormatError(InferfleetError):

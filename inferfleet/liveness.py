@@ -45,8 +45,10 @@ LAPSED_MARK_TTL_S = 86_400
 GIVE_BACK_LOCK_S = 30
 
 # KEYS: holders, then each id's lapsed mark.  ARGV: the ids.  Beats each id (Redis's
-# clock) unless it was marked lapsed; returns the ids found lapsed.
-_BEAT = """
+# clock) unless it was marked lapsed; returns the ids found lapsed. It runs even when
+# Redis is at its maxmemory (a beat grows nothing), or a full Redis would make every
+# live worker look dead once it has room again.
+_BEAT = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lapsed = {}

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # How often each worker ends (as expired) jobs whose deadline passed with no result
     # (their message lost, or no worker free), job_time_limit_s after the deadline.
     reaper_interval_s: float = Field(5.0, gt=0)
+    # The deadline of a job submitted without one: every job has one, so that nothing is
+    # pending forever (a job Redis forgot, restarted without persistence, ends `expired`).
+    default_deadline_s: float = Field(3600.0, gt=0)
     socket_timeout_s: float = Field(10.0, gt=0)
 
     # Retention of results, job ledgers and sessions in Redis; a session's stream keeps

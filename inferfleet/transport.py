@@ -283,16 +283,7 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
-            acks, self._acks_in_flight = self._acks_in_flight, 0
-            try:
-                # The wait's reply (a ring, or none after idle_poll_s), the take's, then
-                # the acks'.
-                _, reply, *_ = self._read_replies(["BRPOP", "EVAL", *["ACK"] * acks],
-                                                  **options)
-            except self.connection_errors:  # type: ignore[attr-defined]  # kombu internal
-                # Disconnect, so that the next iteration reconnects (as kombu does).
-                self.client.connection.disconnect()
-                raise
+            reply = self._take_reply(**options)
             if reply == b"lapsed":
                 self._renew_holder()
                 raise Empty()
@@ -325,6 +316,39 @@ class Channel(kombu_redis.Channel):
             if flush is not None:
                 flush()
 
+    def _take_reply(self, **options: Any) -> Any:
+        """The reply of the take sent by `_brpop_start` (after the wait's, before the
+        acks'); raises Empty for a take a full Redis refused."""
+        acks, self._acks_in_flight = self._acks_in_flight, 0
+        try:
+            _, reply, *_ = self._read_replies(["BRPOP", "EVAL", *["ACK"] * acks], **options)
+        except self.connection_errors:  # type: ignore[attr-defined]  # kombu internal
+            # Disconnect, so that the next iteration reconnects (as kombu does).
+            self.client.connection.disconnect()
+            raise
+        except redis.exceptions.OutOfMemoryError:
+            # Refused before it ran: the messages stay in their queue. (It used to end the
+            # worker: "Unrecoverable error: OutOfMemoryError".)
+            self._wait_for_room()
+            raise Empty() from None
+        if self._full_since is not None:
+            logger.warning("Redis has room again after %.1f s; taking messages",
+                           time.monotonic() - self._full_since)
+            self._full_since = None
+        return reply
+
+    #: Since when Redis has refused takes for want of memory (None: it has not).
+    _full_since: float | None = None
+    #: How long a worker waits before it tries to take again from a full Redis.
+    full_backoff_s = 0.5
+
+    def _wait_for_room(self) -> None:
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            logger.warning("Redis is full (at its maxmemory, noeviction): taking nothing "
+                           "until it has room; held messages stay held")
+        time.sleep(self.full_backoff_s)  # Redis refuses what this loop would do anyway
+
     def _read_replies(self, commands: list[str], **options: Any) -> list[Any]:
         """One reply per command sent; an error reply (Redis out of memory, say) is
         raised only once every reply is read, so that the next read starts in step."""
@@ -350,7 +374,13 @@ class Channel(kombu_redis.Channel):
             if verdict.body is not None:
                 verdict.envelope[_DECODED_BODY] = verdict.body
             return verdict.envelope
-        self.dead_letter(queue=queue, reason=verdict.reason, raw=item, job_id=verdict.job_id)
+        try:
+            self.dead_letter(queue=queue, reason=verdict.reason, raw=item,
+                             job_id=verdict.job_id)
+        except redis.RedisError as exc:  # left held: given back once this channel is gone
+            logger.error("could not dead-letter a message from %s (%s); it stays held",
+                         queue, exc)
+            return None
         if tag is not None:
             self.qos.ack(tag)
         return None

@@ -25,6 +25,7 @@ from inferfleet.connections import redis_client
 from inferfleet.errors import (
     BadArgumentError,
     BrokerError,
+    BrokerFullError,
     QueueFullError,
     ResultTimeoutError,
     UnknownModelError,
@@ -55,7 +56,8 @@ SIGNATURE_TTL_S = 5.0
 
 
 def _broker_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Raise a `BrokerError` naming the Redis and the timeout for connection failures."""
+    """Raise a `BrokerError` naming the Redis and the timeout for connection failures, and
+    a `BrokerFullError` for a Redis that refuses writes at its maxmemory."""
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -65,7 +67,20 @@ def _broker_errors(method: Callable[P, R]) -> Callable[P, R]:
             settings = client.settings  # type: ignore[attr-defined]
             raise BrokerError(f"Redis at {mask_url(settings.redis_url)} did not answer within "
                               f"socket_timeout_s={settings.socket_timeout_s:g}: {exc}") from exc
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise broker_full(args[0].settings, []) from exc  # type: ignore[attr-defined]
     return wrapper
+
+
+def broker_full(settings: Settings, submitted: list[Any]) -> BrokerFullError:
+    """The error for a Redis that refused a write at its maxmemory."""
+    went = f"{len(submitted)} job(s) of this call were enqueued before it filled" if \
+        submitted else "nothing of this call was enqueued"
+    return BrokerFullError(
+        f"Redis at {mask_url(settings.redis_url)} is full: it is at its maxmemory and, with "
+        "maxmemory-policy noeviction (which keeps queued jobs from being evicted), refuses "
+        f"writes; {went}. Wait for workers to drain the queues, lower result_ttl_s, or "
+        "raise maxmemory", submitted)
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ class Job:
     n_samples: int
     session_id: str | None
     client: Client = field(repr=False, compare=False)
-    #: When the job expires (epoch seconds), if it was submitted with a deadline.
+    #: When the job expires (epoch seconds): the deadline given, or the default one.
     deadline_at: float | None = None
 
     def result(self, timeout: float = 30.0) -> JobResult:
@@ -220,7 +235,7 @@ class Client:
                        checked_inputs(columns, signature, limits).items()}
         ids = _sample_ids(sample_ids, total)
         submitted_at = time.time()
-        deadline_at = None if deadline_s is None else submitted_at + deadline_s
+        deadline_at = submitted_at + self._checked_deadline_s(deadline_s)
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
                   "session_id": session_id, "submitted_at": submitted_at,
                   "notify": self.notify_list,
@@ -238,6 +253,20 @@ class Client:
             jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
                      for m in messages]
         return jobs
+
+    def _checked_deadline_s(self, deadline_s: float | None) -> float:
+        """The job's deadline from now: the one given, else `default_deadline_s`.
+
+        Raises:
+            BadArgumentError: for one that is not positive, or beyond `result_ttl_s`
+                (workers refuse it: the job's record would expire first).
+        """
+        if deadline_s is None:
+            return self.settings.default_deadline_s
+        if not 0 < deadline_s <= self.settings.result_ttl_s:
+            raise BadArgumentError(f"deadline_s must be in (0, result_ttl_s="
+                                   f"{self.settings.result_ttl_s}], got {deadline_s!r}")
+        return deadline_s
 
     def _publish(self, model: str, session_id: str | None, messages: list[_Message],
                  submitted_at: float, deadline_at: float | None, wait_for_room_s: float,
@@ -260,10 +289,13 @@ class Client:
         limit = self.settings.max_queued_jobs
         deadline = time.monotonic() + wait_for_room_s
         while True:
-            accepted, queued = self._ledger.enqueue(queue, queued_jobs, model=model,
-                                                    session_id=session_id,
-                                                    submitted_at=submitted_at,
-                                                    deadline_at=deadline_at, limit=limit)
+            try:
+                accepted, queued = self._ledger.enqueue(queue, queued_jobs, model=model,
+                                                        session_id=session_id,
+                                                        submitted_at=submitted_at,
+                                                        deadline_at=deadline_at, limit=limit)
+            except redis.exceptions.OutOfMemoryError as exc:
+                raise broker_full(self.settings, submitted) from exc
             if accepted:
                 return
             if time.monotonic() >= deadline or len(messages) > limit:

@@ -31,6 +31,7 @@ class _Entry:
     requested: bool  # run only when asked
     due_at: float  # monotonic; inf while a requested duty waits to be asked
     last_at: float = float("-inf")
+    failing: bool = False  # its last run raised (logged once per streak)
 
 
 class Housekeeping:
@@ -102,8 +103,14 @@ class Housekeeping:
             try:
                 entry.run()
             except Exception:  # background work must never end the loop
-                logger.warning("housekeeping duty %s failed; it runs again at its next turn",
-                               entry.name, exc_info=True)
+                if not entry.failing:
+                    logger.warning("housekeeping duty %s failed; it runs again at each "
+                                   "turn until it succeeds", entry.name, exc_info=True)
+                entry.failing = True
+                continue
+            if entry.failing:
+                logger.warning("housekeeping duty %s succeeds again", entry.name)
+                entry.failing = False
         with self._lock:
             next_at = min((entry.due_at for entry in self._entries.values()),
                           default=float("inf"))

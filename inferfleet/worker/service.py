@@ -50,6 +50,9 @@ from inferfleet.worker.writer import GroupWriter
 
 logger = logging.getLogger(__name__)
 
+#: The first and the longest wait between writes that a full Redis refused.
+FULL_BACKOFF_S = (0.05, 1.0)
+
 
 class InFlightJobs:
     """The job ids this process is running. When Redis drops a connection, kombu puts
@@ -287,9 +290,27 @@ class InferenceService:
                              most_samples=self.limits.max_job_samples)
 
     def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
-        """Store the result once (False if one was stored already), and count it."""
+        """Store the result once (False if one was stored already), and count it.
+
+        A Redis at its maxmemory refuses the write: the job waits for room, its message
+        still held (given back by the fleet if this worker dies meanwhile), rather than
+        being requeued, which would need room too.
+
+        Raises:
+            redis.RedisError: if Redis cannot be reached, or refuses for another reason.
+        """
         started = time.perf_counter()
-        stored = self.results.store(result, _notify_list(kwargs))
+        wait_s = FULL_BACKOFF_S[0]
+        while True:
+            try:
+                stored = self.results.store(result, _notify_list(kwargs))
+                break
+            except redis.exceptions.OutOfMemoryError:
+                if wait_s == FULL_BACKOFF_S[0]:
+                    logger.warning("job %s: Redis is full (at its maxmemory); its result "
+                                   "waits for room", result.job_id)
+                time.sleep(wait_s)
+                wait_s = min(FULL_BACKOFF_S[1], 2 * wait_s)
         if stored and self.metrics is not None:
             self.metrics.job_done(result, time.perf_counter() - started)
         return stored

@@ -132,7 +132,7 @@ def test_redis_restarted_without_its_data_leaves_no_job_pending_past_its_deadlin
         tmp_path: Path, models_dir: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=False).start()
     settings = load_settings(redis_url=server.url, models_dir=models_dir,
-                             job_time_limit_s=0.5)
+                             job_time_limit_s=0.5, default_deadline_s=1.5)
     try:
         with Client(settings=settings) as client:
             jobs = client.submit_many("never_served", np.zeros((20, 2), np.float32),
@@ -147,11 +147,12 @@ def test_redis_restarted_without_its_data_leaves_no_job_pending_past_its_deadlin
             assert client.redis.dbsize() == 0
             assert {job.status() for job in jobs} == {"unknown"}  # not pending: unknown
             assert undated.status() == "unknown"
-            results = [job.result(timeout=30) for job in jobs]
-            counts = tally(client, [job.id for job in jobs])
-            assert [r.status for r in results] == ["expired"] * 10, counts
+            # Given no deadline, it has the default one: it ends too.
+            results = [job.result(timeout=30) for job in [*jobs, undated]]
+            counts = tally(client, [job.id for job in [*jobs, undated]])
+            assert [r.status for r in results] == ["expired"] * 11, counts
             assert all(r.error and "no record" in r.error.message for r in results)
-            assert (counts.lost, counts.by_state) == (0, {"expired": 10}), counts
+            assert (counts.lost, counts.by_state) == (0, {"expired": 11}), counts
             print(counts)
     finally:
         server.stop()

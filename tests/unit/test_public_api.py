@@ -1,7 +1,8 @@
 import inferfleet
 
 PUBLIC = [
-    "AsyncClient", "BadArgumentError", "Client", "ConfigurationError", "ErrorCode", "ErrorInfo",
+    "AsyncClient", "BadArgumentError", "BrokerError", "BrokerFullError", "Client",
+    "ConfigurationError", "ErrorCode", "ErrorInfo",
     "InferfleetError", "InvalidInputError", "Job", "JobResult", "JobStatus", "QueueFullError",
     "ResultTimeoutError",
     "SampleResult", "SampleStatus", "Settings", "UnknownModelError",
