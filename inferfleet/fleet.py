@@ -21,7 +21,8 @@ import redis
 from inferfleet.celery_app import make_app
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.errors import ServerError
-from inferfleet.settings import Settings
+from inferfleet.fleetfile import fleet_password, forget_fleet, live_fleet, record_fleet
+from inferfleet.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class Fleet:
         self.settings = settings
         self.workers = workers
         self.flower = flower
-        self.redis = EmbeddedRedis(settings.data_dir / "redis") if embedded_redis else None
+        self.redis = EmbeddedRedis(settings.data_dir / "redis",
+                                   password=fleet_password(settings.data_dir)) \
+            if embedded_redis else None
         self.log_dir = (settings.data_dir / "logs").resolve()
         self.children: list[Process] = []
 
@@ -106,10 +109,19 @@ class Fleet:
         """Start Redis, the workers and Flower; return once every worker answers a ping.
 
         Raises:
-            ServerError: if a process exits early or the workers are not ready in time.
+            ServerError: if an `up` already serves this data folder, or a process exits
+                early, or the workers are not ready in time.
         """
         if self.redis:
+            live = live_fleet(self.settings.data_dir)
+            if live is not None:
+                raise ServerError(
+                    f"an inferfleet fleet (pid {live.pid}) already runs from data folder "
+                    f"{self.settings.data_dir.resolve()}, at {mask_url(live.redis_url)}: stop "
+                    "it first (Ctrl-C where it runs, or kill it by pid), or give this one "
+                    "another INFERFLEET_DATA_DIR")
             self.redis.start()
+            record_fleet(self.settings.data_dir, self.redis.url)
         names = [f"worker{index}@" for index in range(self.workers)]
         for index, name in enumerate(names):
             port = self.settings.metrics_port and self.settings.metrics_port + index
@@ -135,6 +147,7 @@ class Fleet:
         self.children.clear()
         if self.redis:
             self.redis.stop()
+            forget_fleet(self.settings.data_dir)
 
     def __enter__(self) -> Fleet:
         return self.start()

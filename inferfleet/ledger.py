@@ -134,8 +134,8 @@ def sample_counts(result: WireResult) -> dict[str, int]:
     return counts
 
 
-def _expired(job_id: str, record: dict[Any, Any], *,
-             why: str = "no worker finished the job") -> WireResult:
+def expired_result(job_id: str, record: dict[Any, Any], *,
+                   why: str = "no worker finished the job") -> WireResult:
     """The terminal result of a job the reaper ends, from its ledger record."""
     fields = {redis_text(k): redis_text(v) for k, v in record.items()}
     n = int(fields.get("samples", 0))
@@ -167,6 +167,30 @@ def celery_meta(result: WireResult) -> str:
     return (f'{{"status": "SUCCESS", "result": {body}, "traceback": null, "children": [], '
             f'"date_done": {json.dumps(datetime.now(UTC).isoformat())}, '
             f'"task_id": {json.dumps(result.job_id)}}}')
+
+
+def _store_once_call(result: WireResult, notify: str | None, *, ttl_s: int, now: float,
+                     session_stream_max_jobs: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of `_STORE_ONCE` for one result."""
+    session = result.session_id
+    counts = sample_counts(result)
+    return (
+        [keys.result(result.job_id), keys.doorbell(result.job_id), keys.job(result.job_id),
+         notify or "", keys.session_stats(session) if session else "",
+         keys.session_stream(session) if session else "", keys.DEADLINES],
+        [celery_meta(result), ttl_s, result.status.value, now, result.job_id, result.model,
+         counts["success"], counts["failure"], counts["expired"],
+         "" if result.latency_ms is None else latency_bucket(result.latency_ms),
+         session_stream_max_jobs])
+
+
+def store_once_command(result: WireResult, *, ttl_s: int, notify: str | None = None,
+                       session_stream_max_jobs: int = 100_000) -> tuple[Any, ...]:
+    """The command that stores `result` once (as `Ledger.store_result` does), for callers
+    that send their own round trips (`producer.core`); it replies 0 if one was stored."""
+    call_keys, args = _store_once_call(result, notify, ttl_s=ttl_s, now=time.time(),
+                                       session_stream_max_jobs=session_stream_max_jobs)
+    return ("EVAL", _STORE_ONCE, len(call_keys), *call_keys, *args)
 
 
 @dataclass(frozen=True)
@@ -239,7 +263,7 @@ class Ledger:
             taken = job_id in held or b"taken_at" in record or "taken_at" in record
             if not has_result and taken and deadline > now - backstop_s:
                 continue  # a worker holds it, or will compute it when it takes it again
-            if not has_result and self.store_result(_expired(job_id, record)):
+            if not has_result and self.store_result(expired_result(job_id, record)):
                 reaped.append(job_id)
             settled.append(job_id)
         if settled:
@@ -251,8 +275,8 @@ class Ledger:
         with a restart that kept no data); False if it has one, or a result."""
         if self.client.exists(keys.job(job_id)):
             return False
-        result = _expired(job_id, {}, why="Redis holds no record of it (its data was lost: "
-                                          "a restart without persistence?)")
+        result = expired_result(job_id, {}, why="Redis holds no record of it (its data was "
+                                                "lost: a restart without persistence?)")
         return self.store_result(result)
 
     def count_redelivery(self, job_id: str) -> tuple[int, bool]:
@@ -282,21 +306,10 @@ class Ledger:
     def store_results(self, results: Sequence[tuple[WireResult, str | None]]) -> list[bool]:
         """`store_result` for each (result, notify), in one round trip; for each, False
         if a result was stored already."""
-        calls = []
         now = time.time()
-        for result, notify in results:
-            session = result.session_id
-            counts = sample_counts(result)
-            calls.append((
-                [keys.result(result.job_id), keys.doorbell(result.job_id),
-                 keys.job(result.job_id), notify or "",
-                 keys.session_stats(session) if session else "",
-                 keys.session_stream(session) if session else "", keys.DEADLINES],
-                [celery_meta(result), self.ttl_s, result.status.value, now,
-                 result.job_id, result.model, counts["success"], counts["failure"],
-                 counts["expired"],
-                 "" if result.latency_ms is None else latency_bucket(result.latency_ms),
-                 self.session_stream_max_jobs]))
+        calls = [_store_once_call(result, notify, ttl_s=self.ttl_s, now=now,
+                                  session_stream_max_jobs=self.session_stream_max_jobs)
+                 for result, notify in results]
         return [bool(stored) for stored in self._eval_many(self._store_once, calls)]
 
     def _eval_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]

@@ -156,10 +156,21 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with keyword overrides on top.
 
+    Without a `redis_url` (neither given nor in `INFERFLEET_REDIS_URL`), the Redis of the
+    fleet that `inferfleet up` runs from the data folder is used, if one runs
+    (`fleetfile`), else the default: so clients on the machine find it with no export.
+
     Raises:
         ConfigurationError: naming the setting and the bad value.
     """
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValueError as exc:
         raise ConfigurationError(f"invalid settings: {exc}") from exc
+    if "redis_url" in overrides or "INFERFLEET_REDIS_URL" in os.environ:
+        return settings
+    from inferfleet.fleetfile import live_fleet  # fleetfile needs no settings
+
+    fleet = live_fleet(settings.data_dir)
+    return settings if fleet is None else settings.model_copy(
+        update={"redis_url": fleet.redis_url})

@@ -1,31 +1,31 @@
 """`AsyncClient`: `Client` with async methods, for asyncio programs.
 
-Reads use redis.asyncio; publishing runs `Client`'s pipelined kombu path in a thread,
-because kombu's producer is synchronous.
+Reads run `producer.core`'s steps over redis.asyncio, the very steps `Client` runs over
+redis-py; publishing, `results` and `subscribe` run `Client`'s own in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from inferfleet import keys
 from inferfleet.connections import client_options, plain_url
-from inferfleet.errors import ResultTimeoutError
-from inferfleet.ledger import payload_of, redis_text, state_of
 from inferfleet.models.config import ModelSignature
+from inferfleet.producer import core
 from inferfleet.producer.client import Client, Job
 from inferfleet.schemas import JobResult, SampleResult, SessionSummary
-from inferfleet.sessions import check_session_id, summarise
 from inferfleet.settings import Settings
+
+T = TypeVar("T")
 
 
 class AsyncClient:
-    """The async twin of `Client`: the same methods, awaited."""
+    """The async twin of `Client`: the same methods, awaited, over the same core
+    (`producer.core`), so that the two cannot drift; Redis failures are `BrokerError`s
+    in both."""
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         self._sync = Client(redis_url, settings=settings)
@@ -44,11 +44,12 @@ class AsyncClient:
         await self.redis.aclose()
         self._sync.close()
 
+    async def _run(self, steps: core.Steps[T]) -> T:
+        return await core.run_async(steps, self.redis, self.settings)
+
     async def models(self) -> dict[str, ModelSignature]:
         """Signatures of every model some worker has published, by name."""
-        raw = await self.redis.hgetall(keys.MODELS_HASH)
-        return {redis_text(name): ModelSignature.model_validate_json(value)
-                for name, value in raw.items()}
+        return await self._run(core.models())
 
     async def submit(self, model: str, samples: Any, **options: Any) -> Job:
         """`Client.submit`, without blocking the event loop."""
@@ -58,21 +59,16 @@ class AsyncClient:
         """`Client.submit_many`, without blocking the event loop."""
         return await asyncio.to_thread(self._sync.submit_many, model, samples, **options)
 
-    async def result(self, job_id: str, *, timeout: float = 30.0) -> JobResult:
-        """The terminal result of a job; raises `ResultTimeoutError` if none within `timeout`."""
-        deadline = time.monotonic() + timeout
-        raw = await self.redis.get(keys.result(job_id))
-        while raw is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResultTimeoutError(job_id, timeout)
-            # The read rides with the wait (`Ledger.wait_for_result`): no round trip after
-            # the doorbell rings.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.blpop([keys.doorbell(job_id)], timeout=min(remaining, 1.0))
-                pipe.get(keys.result(job_id))
-                _, raw = await pipe.execute()
-        return JobResult.from_wire(payload_of(raw))
+    async def result(self, job_id: str, *, timeout: float = 30.0,
+                     deadline_at: float | None = None) -> JobResult:
+        """`Client.result`, awaited: the job's terminal result.
+
+        Raises:
+            ResultTimeoutError: if none is stored within `timeout` seconds.
+            BrokerError: if Redis cannot be reached in time.
+        """
+        return await self._run(core.result(job_id, timeout_s=timeout, deadline_at=deadline_at,
+                                           settings=self.settings))
 
     async def results(self, job_ids: Iterable[str], *, timeout: float = 300.0
                       ) -> list[JobResult]:
@@ -90,12 +86,8 @@ class AsyncClient:
 
     async def session_summary(self, session_id: str) -> SessionSummary:
         """`Client.session_summary`, awaited."""
-        raw = await self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
-        return summarise(session_id, {redis_text(k): redis_text(v) for k, v in raw.items()})
+        return await self._run(core.session_summary(session_id))
 
     async def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.job(job_id), "state")
-            pipe.get(keys.result(job_id))
-            return state_of(*await pipe.execute())
+        return await self._run(core.status(job_id))

@@ -24,19 +24,17 @@ from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.errors import (
     BadArgumentError,
-    BrokerError,
-    BrokerFullError,
     QueueFullError,
-    ResultTimeoutError,
     UnknownModelError,
 )
-from inferfleet.ledger import Ledger, QueuedJob, payload_of, redis_text
+from inferfleet.ledger import Ledger, QueuedJob, payload_of
 from inferfleet.models.config import ModelSignature
+from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
-from inferfleet.sessions import Subscription, check_session_id, summarise
-from inferfleet.settings import Settings, load_settings, mask_url
+from inferfleet.sessions import Subscription, check_session_id
+from inferfleet.settings import Settings, load_settings
 from inferfleet.validation import Limits, SampleColumn
 
 P = ParamSpec("P")
@@ -47,8 +45,6 @@ R = TypeVar("R")
 #: start on the first jobs while the rest are being built (with 64 from the start, the
 #: first result of a 196-job submit came 130-180 ms in).
 PUBLISH_CHUNK_JOBS = (4, 8, 16, 32, 64)
-#: How long one BLPOP on a doorbell may block before the result is read again.
-_DOORBELL_SLICE_S = 1.0
 #: How often a submit waiting for room in a full queue looks again.
 ROOM_POLL_S = 0.05
 #: How long a published signature is trusted before it is read again.
@@ -56,31 +52,17 @@ SIGNATURE_TTL_S = 5.0
 
 
 def _broker_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Raise a `BrokerError` naming the Redis and the timeout for connection failures, and
-    a `BrokerFullError` for a Redis that refuses writes at its maxmemory."""
+    """Raise the inferfleet error (`core.broker_error`) for Redis failures."""
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            client = args[0]
-            settings = client.settings  # type: ignore[attr-defined]
-            raise BrokerError(f"Redis at {mask_url(settings.redis_url)} did not answer within "
-                              f"socket_timeout_s={settings.socket_timeout_s:g}: {exc}") from exc
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise broker_full(args[0].settings, []) from exc  # type: ignore[attr-defined]
+        except redis.RedisError as exc:
+            mapped = core.broker_error(exc, args[0].settings)  # type: ignore[attr-defined]
+            if mapped is None:
+                raise
+            raise mapped from exc
     return wrapper
-
-
-def broker_full(settings: Settings, submitted: list[Any]) -> BrokerFullError:
-    """The error for a Redis that refused a write at its maxmemory."""
-    went = f"{len(submitted)} job(s) of this call were enqueued before it filled" if \
-        submitted else "nothing of this call was enqueued"
-    return BrokerFullError(
-        f"Redis at {mask_url(settings.redis_url)} is full: it is at its maxmemory and, with "
-        "maxmemory-policy noeviction (which keeps queued jobs from being evicted), refuses "
-        f"writes; {went}. Wait for workers to drain the queues, lower result_ttl_s, or "
-        "raise maxmemory", submitted)
 
 
 @dataclass(frozen=True)
@@ -130,8 +112,7 @@ class Client:
                               max_sample_elements=settings.max_sample_elements)
         self._signatures: dict[str, tuple[float, ModelSignature]] = {}
         self.notify_list = keys.notify_list(uuid.uuid4().hex)
-        # A blocking read must end before the socket timeout would call it a failure.
-        self._block_s = min(_DOORBELL_SLICE_S, settings.socket_timeout_s / 2)
+        self._block_s = core.block_s(settings)
         # Jobs of this client whose notification was popped while waiting for others.
         self._landed: set[str] = set()
 
@@ -146,12 +127,9 @@ class Client:
         self.redis.close()
         self._app.close()
 
-    @_broker_errors
     def models(self) -> dict[str, ModelSignature]:
         """Signatures of every model some worker has published, by name."""
-        raw = self.redis.hgetall(keys.MODELS_HASH)
-        return {redis_text(name): ModelSignature.model_validate_json(value)
-                for name, value in raw.items()}
+        return core.run(core.models(), self.redis, self.settings)
 
     @_broker_errors
     def signature(self, model: str) -> ModelSignature:
@@ -295,14 +273,13 @@ class Client:
                                                         submitted_at=submitted_at,
                                                         deadline_at=deadline_at, limit=limit)
             except redis.exceptions.OutOfMemoryError as exc:
-                raise broker_full(self.settings, submitted) from exc
+                raise core.broker_full(self.settings, submitted) from exc
             if accepted:
                 return
             if time.monotonic() >= deadline or len(messages) > limit:
                 raise QueueFullError(model, queued, limit, submitted)
             time.sleep(ROOM_POLL_S)
 
-    @_broker_errors
     def result(self, job_id: str, *, timeout: float = 30.0,
                deadline_at: float | None = None) -> JobResult:
         """The terminal result of any job, by its task id.
@@ -315,21 +292,10 @@ class Client:
 
         Raises:
             ResultTimeoutError: (a TimeoutError) if none is stored within `timeout` seconds.
+            BrokerError: if Redis cannot be reached in time.
         """
-        deadline = time.monotonic() + timeout
-        payload = self._ledger.read_results([job_id]).get(job_id)
-        while payload is None:
-            if deadline_at is not None and time.time() > \
-                    deadline_at + self.settings.job_time_limit_s and \
-                    self._ledger.end_if_forgotten(job_id):
-                payload = self._ledger.read_results([job_id]).get(job_id)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResultTimeoutError(job_id, timeout)
-            payload = self._ledger.wait_for_result(job_id,
-                                                   block_s=min(remaining, self._block_s))
-        return JobResult.from_wire(payload)
+        return core.run(core.result(job_id, timeout_s=timeout, deadline_at=deadline_at,
+                                    settings=self.settings), self.redis, self.settings)
 
     @_broker_errors
     def results(self, job_ids: Iterable[str], *, timeout: float = 300.0) -> list[JobResult]:
@@ -349,10 +315,9 @@ class Client:
         found = {job_id: JobResult.from_wire(payload_of(raw)) for job_id, raw in landed}
         return [found[job_id] for job_id in ids]
 
-    @_broker_errors
     def status(self, job_id: str) -> str:
         """queued, running, a terminal status, or unknown (unknown and expired ids)."""
-        return self._ledger.state(job_id)
+        return core.run(core.status(job_id), self.redis, self.settings)
 
     def subscribe(self, session_id: str, *, from_start: bool = True, after: str | None = None,
                   timeout: float = 60.0) -> Subscription:
@@ -368,12 +333,14 @@ class Client:
         return Subscription(self.redis, session_id, after=after, from_start=from_start,
                             timeout_s=timeout, block_s=self._block_s)
 
-    @_broker_errors
     def session_summary(self, session_id: str) -> SessionSummary:
         """Counts, success rate, latency percentiles and samples/s of a session, read from
-        its counters (cheap while it runs)."""
-        raw = self.redis.hgetall(keys.session_stats(check_session_id(session_id)))
-        return summarise(session_id, {redis_text(k): redis_text(v) for k, v in raw.items()})
+        its counters (cheap while it runs).
+
+        Raises:
+            BadArgumentError: for a malformed session id.
+        """
+        return core.run(core.session_summary(session_id), self.redis, self.settings)
 
 
 def _chunks(total: int, job_size: int) -> Iterator[tuple[int, int]]:

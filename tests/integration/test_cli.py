@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,9 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
+import redis
 
 from inferfleet.embedded import free_port
 
@@ -51,9 +54,10 @@ def test_up_runs_redis_workers_and_flower_and_ctrl_c_stops_them_all(tmp_path: Pa
     try:
         assert up.stdout is not None
         banner = up.stdout.readline()
-        assert "inferfleet up: redis redis://127.0.0.1:" in banner, banner
+        assert "inferfleet up: redis redis://:***@127.0.0.1:" in banner, banner
         children = psutil.Process(up.pid).children()
         assert len(children) == 4, children  # redis, two workers, flower
+        _the_fleet_is_locked_and_found_by_clients_with_no_export(tmp_path, up.pid)
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
         assert "inferfleet: stopped" in up.stdout.read()
@@ -62,7 +66,30 @@ def test_up_runs_redis_workers_and_flower_and_ctrl_c_stops_them_all(tmp_path: Pa
             assert time.monotonic() < deadline, "a child outlived `inferfleet up`"
             time.sleep(0.1)
         assert (tmp_path / ".inferfleet" / "redis" / "appendonlydir").is_dir()
+        assert not (tmp_path / ".inferfleet" / "fleet.json").exists()  # forgotten at stop
     finally:
         if up.poll() is None:
             up.kill()
             pytest.fail("inferfleet up did not stop on SIGINT")
+
+
+def _the_fleet_is_locked_and_found_by_clients_with_no_export(folder: Path, up_pid: int) -> None:
+    """What `up` leaves for the machine: a password nobody else can read, a Redis that
+    refuses anyone without it, clients that find it, and no second `up` on its files."""
+    record = folder / ".inferfleet" / "fleet.json"
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert (folder / ".inferfleet" / "redis-password").stat().st_mode & 0o777 == 0o600
+    fleet = json.loads(record.read_text())
+    assert fleet["pid"] == up_pid
+    port = urlsplit(fleet["redis_url"]).port
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    env = {k: v for k, v in os.environ.items() if k != "INFERFLEET_REDIS_URL"}
+    found = subprocess.run([sys.executable, "-c", "from inferfleet import Client; "
+                            "print(sorted(Client().models()))"], cwd=folder, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0 and "'digits'" in found.stdout, found.stderr
+    second = run_cli("up", "--workers", "1", cwd=folder, timeout=60)
+    assert second.returncode != 0
+    assert f"an inferfleet fleet (pid {up_pid}) already runs from data folder" in second.stderr
+    assert ":***@127.0.0.1" in second.stderr and fleet["redis_url"] not in second.stderr

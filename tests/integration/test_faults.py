@@ -3,6 +3,7 @@ deadlines. Nothing lost, nothing pending forever (see RELIABILITY.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -184,9 +185,24 @@ def test_a_paused_redis_gives_a_clear_error_within_seconds_then_recovers(
                                                       r"socket_timeout_s=1"):
                     call()
                 assert time.monotonic() - started < 5
+            asyncio.run(_async_calls_fail_clearly(client.settings, job.id))
         finally:
             os.kill(pid, signal.SIGCONT)
         assert client.submit("paused_model", one, validate=False).status() == "queued"
+
+
+async def _async_calls_fail_clearly(settings: Settings, job_id: str) -> None:
+    """AsyncClient maps a stalled Redis to the same BrokerError as Client (one core)."""
+    from inferfleet import AsyncClient
+    from inferfleet.errors import BrokerError
+
+    async with AsyncClient(settings=settings) as client:
+        for call in (lambda: client.status(job_id), lambda: client.result(job_id, timeout=30),
+                     lambda: client.models(), lambda: client.session_summary("s")):
+            started = time.monotonic()
+            with pytest.raises(BrokerError, match=r"did not answer within socket_timeout_s=1"):
+                await call()
+            assert time.monotonic() - started < 5
 
 
 def test_a_job_whose_message_was_lost_is_reaped_after_its_deadline(
