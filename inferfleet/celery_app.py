@@ -7,20 +7,22 @@ from celery import Celery
 from inferfleet import keys
 from inferfleet.connections import plain_url, tls_options
 from inferfleet.settings import Settings
-from inferfleet.transport import TRANSPORT_PATH
+from inferfleet.transport import SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 
 
 def make_app(settings: Settings) -> Celery:
     """A Celery app on `settings.redis_url` (broker and result backend), JSON only."""
-    url = plain_url(settings.redis_url)
+    # A Sentinel list stays as kombu and Celery read it: "sentinel://a;sentinel://b/0".
+    url = settings.redis_url if settings.uses_sentinel else plain_url(settings.redis_url)
     tls = tls_options(settings.redis_url)
     app = Celery("inferfleet", broker=url, backend=url, set_as_current=False)
     if tls is not None:  # rediss://: certificate checks on unless the URL says otherwise
         app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
+    sentinel = {"master_name": settings.sentinel_master} if settings.uses_sentinel else {}
     socket = {"socket_timeout": settings.socket_timeout_s,
               "socket_connect_timeout": settings.socket_timeout_s}
     app.conf.update(
-        broker_transport=TRANSPORT_PATH,
+        broker_transport=SENTINEL_TRANSPORT_PATH if sentinel else TRANSPORT_PATH,
         # JSON only: pickle is never accepted, in either direction.
         task_serializer="json", result_serializer="json", accept_content=["json"],
         result_accept_content=["json"],
@@ -49,9 +51,9 @@ def make_app(settings: Settings) -> Celery:
             "body_encoding": None,
             # Read by inferfleet.transport: bigger messages are dead-lettered unread.
             "max_message_bytes": settings.max_message_bytes,
-            **socket,
+            **socket, **sentinel,
         },
-        result_backend_transport_options=socket,
+        result_backend_transport_options={**socket, **sentinel},
         redis_socket_timeout=settings.socket_timeout_s,
         redis_socket_connect_timeout=settings.socket_timeout_s,
         worker_hijack_root_logger=False,

@@ -258,7 +258,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        from inferfleet.bench.report import markdown, plot, targets
+        from inferfleet.bench.report import costs, markdown, plot, targets
         from inferfleet.bench.runner import BenchOptions, run_bench
     except ImportError as exc:
         raise ConfigurationError(f"the benchmark needs {exc.name}: pip install "
@@ -269,10 +269,11 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     result = run_bench(settings, options)
     table = markdown(result)
     checks = "\n".join(target.line() for target in targets(result))
-    print(f"\n{table}\n\nTargets (medians of {args.repeat}):\n{checks}")
+    measured = "\n".join(costs(result))
+    report = f"{table}\n\nTargets (medians of {args.repeat}):\n{checks}\n\nCosts:\n{measured}"
+    print(f"\n{report}")
     if args.markdown:
-        args.markdown.write_text(f"{table}\n\nTargets (medians of {args.repeat}):\n"
-                                 f"{checks}\n")
+        args.markdown.write_text(f"{report}\n")
     if args.plot:
         plot(result, args.plot)
     return 0

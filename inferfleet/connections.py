@@ -1,4 +1,10 @@
-"""Redis connections from settings: socket timeouts always, TLS for `rediss://` URLs.
+"""Redis connections from settings: socket timeouts always, TLS for `rediss://` URLs,
+the primary a Sentinel names for `sentinel://` URLs.
+
+A `sentinel://h1:26379;sentinel://h2:26379/0` URL lists Sentinels (kombu's form);
+`settings.sentinel_master` names the primary they watch. A password in the first part is
+the primary's (the Sentinels are asked without one). Every client finds the primary
+through them, and again after a failover, so the fleet goes on without restarts.
 
 A `rediss://` URL gets certificate and hostname checks unless it says otherwise. Its
 query may name the files TLS needs, in redis-py's and Celery's own words:
@@ -15,6 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
 
 from inferfleet.errors import ConfigurationError
 from inferfleet.settings import Settings, mask_url
@@ -65,5 +74,56 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A redis-py client of `settings.redis_url`, with its timeouts and TLS."""
+    """A redis-py client of `settings.redis_url`, with its timeouts and TLS (the current
+    primary, for Sentinels)."""
+    if settings.uses_sentinel:
+        sentinels, auth, db = sentinel_parts(settings.redis_url)
+        primary = Sentinel(  # type: ignore[no-untyped-call]
+            sentinels, sentinel_kwargs=_socket(settings)).master_for(
+            settings.sentinel_master, redis_class=redis.Redis, db=db, **auth,
+            **_socket(settings))
+        return primary  # type: ignore[no-any-return]
     return redis.Redis.from_url(plain_url(settings.redis_url), **client_options(settings))
+
+
+def async_redis_client(settings: Settings) -> aioredis.Redis:
+    """`redis_client`, for asyncio."""
+    if settings.uses_sentinel:
+        sentinels, auth, db = sentinel_parts(settings.redis_url)
+        primary = AsyncSentinel(  # type: ignore[no-untyped-call]
+            sentinels, sentinel_kwargs=_socket(settings)).master_for(
+            settings.sentinel_master, redis_class=aioredis.Redis, db=db,
+            **auth, **_socket(settings))  # type: ignore[arg-type]
+        return primary  # type: ignore[no-any-return]
+    return aioredis.Redis.from_url(plain_url(settings.redis_url), **client_options(settings))
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, str], int]:
+    """(the Sentinels' (host, port)s, the primary's username and password, the db) of a
+    `sentinel://` URL list.
+
+    Raises:
+        ConfigurationError: if a part names no host.
+    """
+    sentinels, auth, db = [], {}, 0
+    for index, part in enumerate(url.split(";")):
+        parts = urlsplit(part)
+        if not parts.hostname:
+            raise ConfigurationError(f"redis_url {mask_url(url)!r}: sentinel part {index} "
+                                     "names no host")
+        sentinels.append((parts.hostname, parts.port or SENTINEL_PORT))
+        if index == 0:
+            auth = {k: v for k, v in (("username", parts.username),
+                                      ("password", parts.password)) if v}
+        if parts.path.strip("/"):
+            db = int(parts.path.strip("/"))
+    return sentinels, auth, db
+
+
+#: The port a Sentinel listens on when its URL names none.
+SENTINEL_PORT = 26379
+
+
+def _socket(settings: Settings) -> dict[str, Any]:
+    return {"socket_timeout": settings.socket_timeout_s,
+            "socket_connect_timeout": settings.socket_timeout_s}

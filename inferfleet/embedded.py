@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -69,12 +70,15 @@ class EmbeddedRedis:
     """One server process in a data folder; a context manager that stops it by its pid."""
 
     def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True,
-                 maxmemory: str = "0", password: str | None = None) -> None:
+                 maxmemory: str = "0", password: str | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
         self.maxmemory = maxmemory
         self.password = password
+        #: More server options, e.g. ("--replicaof", "127.0.0.1", "6379").
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,7 +99,7 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir), "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec", "--save", "", "--maxmemory", self.maxmemory,
             "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
-            "--logfile", str(self.data_dir / "server.log"),
+            "--logfile", str(self.data_dir / "server.log"), *self.extra_args,
         ]
 
     def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:

@@ -4,7 +4,8 @@
     ├── ConfigurationError      settings that cannot work together
     ├── ServerError             the embedded Redis server or a fleet process failed to start
     ├── BrokerError             Redis did not answer in time or refused the connection
-    │   └── BrokerFullError     Redis is at its maxmemory and refuses writes
+    │   ├── BrokerFullError     Redis is at its maxmemory and refuses writes
+    │   └── DurabilityError     fewer replicas confirmed a submit than wait_replicas asks
     ├── WireFormatError         a message or array that does not follow the wire schema
     ├── JobRefusedError         a job a worker ends without computing it (bad, or expired)
     ├── InvalidInputError       samples rejected by validation before anything is enqueued
@@ -64,6 +65,15 @@ class BrokerFullError(BrokerError):
 
     def __init__(self, message: str, submitted: list[Any] | None = None) -> None:
         self.submitted = submitted or []
+        super().__init__(message)
+
+
+class DurabilityError(BrokerError):
+    """The primary took the jobs of a submit, but fewer replicas confirmed them than
+    `wait_replicas` asks for; `submitted` lists the jobs of the call (all went)."""
+
+    def __init__(self, message: str, submitted: list[Any]) -> None:
+        self.submitted = submitted
         super().__init__(message)
 
 

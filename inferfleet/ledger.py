@@ -194,6 +194,16 @@ def store_once_command(result: WireResult, *, ttl_s: int, notify: str | None = N
 
 
 @dataclass(frozen=True)
+class Enqueued:
+    """What an enqueue did: whether the jobs went in, how many messages their queue holds,
+    and how many replicas confirmed the write (None when none were asked to)."""
+
+    accepted: bool
+    queued: int
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
 class QueuedJob:
     """A job's message, ready to push: its id, sample count and serialised envelope."""
 
@@ -216,23 +226,27 @@ class Ledger:
 
     def enqueue(self, queue: str, jobs: list[QueuedJob], *, model: str,
                 session_id: str | None, submitted_at: float, deadline_at: float | None,
-                limit: int) -> tuple[bool, int]:
+                limit: int, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+                ) -> Enqueued:
         """Push the jobs' messages with their records (and the session's counts) in one
         atomic step, unless the queue would then hold more than `limit` (0: no limit).
+        With `wait_replicas`, Redis's WAIT rides in the same round trip (it counts the
+        writes of its own connection only): how many replicas confirmed them.
 
-        Returns:
-            (whether they were pushed, how many messages the queue holds).
+        Raises:
+            redis.RedisError: if Redis refused or could not be reached.
         """
         session_key = keys.session_stats(session_id) if session_id else keys.session_stats("-")
         args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at,
                            "" if deadline_at is None else deadline_at]
         for job in jobs:
             args += [job.job_id, job.samples, job.envelope]
-        accepted, queued = self._enqueue(
-            keys=[queue, session_key, keys.DEADLINES, keys.queue_bell(queue),
-                  *(keys.job(job.job_id) for job in jobs)],
-            args=args)
-        return bool(accepted), int(queued)
+        call_keys = [queue, session_key, keys.DEADLINES, keys.queue_bell(queue),
+                     *(keys.job(job.job_id) for job in jobs)]
+        extra = [("WAIT", wait_replicas, wait_timeout_ms)] if wait_replicas else []
+        (accepted, queued), *waited = self._eval_many(self._enqueue, [(call_keys, args)],
+                                                      extra=extra)
+        return Enqueued(bool(accepted), int(queued), int(waited[0]) if waited else None)
 
     def reap(self, *, grace_s: float, backstop_s: float, limit: int = 500) -> list[str]:
         """End with `expired` the jobs whose deadline passed more than `grace_s` ago and
@@ -312,12 +326,13 @@ class Ledger:
                  for result, notify in results]
         return [bool(stored) for stored in self._eval_many(self._store_once, calls)]
 
-    def _eval_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]
-                   ) -> list[Any]:
-        """EVALSHA of `script` for each (keys, args), in one round trip. (redis-py's
-        pipeline asks SCRIPT EXISTS first, a second round trip every time.) A server
-        without the script (restarted, flushed) gets it, and the calls it refused, which
-        never ran, run again.
+    def _eval_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]], *,
+                   extra: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
+        """EVALSHA of `script` for each (keys, args), in one round trip, followed by the
+        `extra` commands (their replies follow). (redis-py's pipeline asks SCRIPT EXISTS
+        first, a second round trip every time.) A server without the script (restarted,
+        flushed, or a replica just promoted) gets it, and the calls it refused, which never
+        ran, run again with the extra commands behind them.
 
         Raises:
             redis.RedisError: the first error any call met.
@@ -327,14 +342,19 @@ class Ledger:
             for call_keys, args in batch:
                 pipe.execute_command(  # type: ignore[no-untyped-call]
                     "EVALSHA", script.sha, len(call_keys), *call_keys, *args)
+            for command in extra:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             return pipe.execute(raise_on_error=False)
 
         replies = send(calls) if calls else []
-        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        refused = [i for i, reply in enumerate(replies[:len(calls)])
+                   if isinstance(reply, NoScriptError)]
         if refused:
             self.client.script_load(script.script)
-            for i, reply in zip(refused, send([calls[i] for i in refused]), strict=True):
+            again = send([calls[i] for i in refused])
+            for i, reply in zip(refused, again, strict=False):
                 replies[i] = reply
+            replies[len(calls):] = again[len(refused):]
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

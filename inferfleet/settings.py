@@ -24,7 +24,12 @@ def _default_models_dir() -> Path:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, safe for logs and reprs."""
+    """The URL with any password replaced by `***`, safe for logs and reprs (each part of
+    a `sentinel://a;sentinel://b` list too)."""
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -40,6 +45,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERFLEET_", frozen=True, extra="forbid")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # With a `sentinel://host:port;sentinel://host:port/db` URL: the name the Sentinels
+    # know the primary by (their `sentinel monitor NAME ...`).
+    sentinel_master: str = "inferfleet"
+    # Replicas that must confirm each submit before it returns (Redis WAIT; 0: none, the
+    # default). With 1 or more, a job `submit` accepted survives a Sentinel failover.
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_ms: int = Field(1000, ge=1)
     models_dir: Path = Field(default_factory=_default_models_dir)
 
     # Micro-batching: how many rows one ONNX Runtime call may take, and how long the
@@ -107,13 +119,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_redis_url(self) -> Settings:
-        scheme = urlsplit(self.redis_url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        schemes = {urlsplit(part).scheme for part in self.redis_url.split(";")}
+        if len(schemes) != 1 or not schemes <= {"redis", "rediss", "unix", "sentinel"} or (
+                ";" in self.redis_url and schemes != {"sentinel"}):
             raise ValueError(
                 f"redis_url {mask_url(self.redis_url)!r} must start with redis://, "
-                "rediss:// or unix://"
+                "rediss:// or unix://, or list Sentinels as sentinel://host:port;"
+                "sentinel://host:port/db"
             )
         return self
+
+    @property
+    def uses_sentinel(self) -> bool:
+        """Whether `redis_url` lists Sentinels rather than one server."""
+        return self.redis_url.startswith("sentinel://")
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

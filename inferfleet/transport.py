@@ -54,8 +54,9 @@ from inferfleet.take import TakeSource, take_command
 
 logger = logging.getLogger(__name__)
 
-#: What `broker_transport` names to use this transport.
+#: What `broker_transport` names to use this transport (over Sentinels: the second).
 TRANSPORT_PATH = "inferfleet.transport:Transport"
+SENTINEL_TRANSPORT_PATH = "inferfleet.transport:SentinelTransport"
 #: Where an admitted envelope carries its decoded body to `Message` (never sent anywhere).
 _DECODED_BODY = "_inferfleet_decoded_body"
 
@@ -397,3 +398,17 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with `Channel` above."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """`Channel`, on the primary that kombu's Sentinel channel finds (and finds again
+    after a failover)."""
+
+    from_transport_options = tuple(dict.fromkeys(
+        (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)))
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with `SentinelChannel` above."""
+
+    Channel = SentinelChannel

@@ -68,6 +68,20 @@ def targets(result: BenchResult) -> list[Target]:
     return checks
 
 
+def costs(result: BenchResult) -> list[str]:
+    """Costs the run measured that have no goal: what an opt-in setting costs."""
+    lines = []
+    for model in sorted({s.model for s in result.summaries}):
+        plain = _find(result, model, re.escape("submit alone"))
+        durable = _find(result, model, re.escape("submit alone, WAIT 1 replica"))
+        if plain and durable:
+            lines.append(f"- {model}: a submit with wait_replicas=1 (Redis WAIT, one replica) "
+                         f"costs {durable[0].p50_ms / plain[0].p50_ms:.2f}x the p50 time of "
+                         f"one without ({durable[0].p50_ms:.2f} vs {plain[0].p50_ms:.2f} ms; "
+                         f"{durable[0].rate:,.0f} vs {plain[0].rate:,.0f} submits/s)")
+    return lines
+
+
 def markdown(result: BenchResult) -> str:
     """A table of every summary with ratios to raw best batch and to naive."""
     lines = ["| model | scenario | samples/s | p50 ms | p99 ms | vs raw best | vs naive |",

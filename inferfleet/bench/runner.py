@@ -11,19 +11,25 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psutil
+import redis
 from celery import Celery
 
+from inferfleet import keys
 from inferfleet.bench import scenarios
 from inferfleet.bench.measure import Measurement, Summary, summarise
 from inferfleet.bench.naive import make_naive_app
 from inferfleet.embedded import EmbeddedRedis
+from inferfleet.errors import ServerError
 from inferfleet.fleet import Process, spawn, stop_processes, wait_for_workers
 from inferfleet.producer import Client
 from inferfleet.settings import Settings
@@ -108,8 +114,27 @@ class Bench:
             self._naive(model)
             self._fleet(model)
             self._drains(model)
+        self._durable_submits(self.options.models[0])
         self._memory(self.options.models[0])
         return self.result
+
+    #: A model no bench worker serves: durable submits are measured alone.
+    DURABLE_MODEL = "bench-durable"
+
+    def _durable_submits(self, model: str) -> None:
+        """What `wait_replicas=1` costs a submit: against a replica of the bench's Redis,
+        the same single-sample submits with and without Redis WAIT."""
+        n = self.options.count(self.options.single_samples)
+        primary = int(urlsplit(self.settings.redis_url).port or 6379)
+        with EmbeddedRedis(self.work_dir / "replica", appendonly=False, extra_args=[
+                "--replicaof", "127.0.0.1", str(primary)]) as replica:
+            _wait_for_sync(replica)
+            for label, replicas in (("submit alone", 0), ("submit alone, WAIT 1 replica", 1)):
+                settings = self.settings.model_copy(update={"wait_replicas": replicas})
+                with Client(settings=settings) as client:
+                    self.result.add(model, label, self._repeat(partial(
+                        scenarios.submits, client, self.rows[:n], model=self.DURABLE_MODEL)))
+                    client.redis.delete(keys.model_queue(self.DURABLE_MODEL))
 
     def _memory(self, model: str) -> None:
         n = self.options.count(self.options.memory_samples)
@@ -239,6 +264,15 @@ class Bench:
             yield processes
         finally:
             stop_processes(processes)
+
+
+def _wait_for_sync(replica: EmbeddedRedis, timeout_s: float = 30.0) -> None:
+    client = redis.Redis(port=replica.port)
+    deadline = time.monotonic() + timeout_s
+    while client.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise ServerError("the bench's replica did not sync with its primary in time")
+        time.sleep(0.05)
 
 
 def run_bench(settings: Settings, options: BenchOptions) -> BenchResult:

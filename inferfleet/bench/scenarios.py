@@ -7,6 +7,7 @@ bulk       `Client.submit_many` with jobs of 256 samples
 latency    one job in flight at a time, naive against fleet
 load       single-sample jobs offered at a fixed rate: latency against offered load
 drain      the same work enqueued first, then consumed: producer and worker apart
+durable    single-sample submits alone, with Redis WAIT for one replica and without
 """
 
 from __future__ import annotations
@@ -111,6 +112,18 @@ def bulk(client: Client, model: str, rows: Rows, *, job_size: int) -> Measuremen
     submitted = {job.id: (started, job.n_samples) for job in jobs}
     seen, failed = collect(client.redis, list(submitted), timeout_s=600, decode=fleet_failures)
     return _measured(submitted, seen, failed, started)
+
+
+def submits(client: Client, rows: Rows, *, model: str) -> Measurement:
+    """Single-sample `Client.submit`s alone (no worker takes them): the producer's and
+    Redis's cost of accepting a job, each call's latency recorded."""
+    latencies = []
+    started = time.perf_counter()
+    for index in range(len(rows)):
+        sent = time.perf_counter()
+        client.submit(model, rows[index:index + 1], validate=False)
+        latencies.append((time.perf_counter() - sent) * 1000)
+    return Measurement(len(rows), time.perf_counter() - started, latencies)
 
 
 def latency(submit: Submit, wait: Wait, rows: Rows) -> Measurement:

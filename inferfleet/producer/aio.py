@@ -10,9 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
-from inferfleet.connections import client_options, plain_url
+from inferfleet.connections import async_redis_client
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.client import Client, Job
@@ -30,8 +28,7 @@ class AsyncClient:
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         self._sync = Client(redis_url, settings=settings)
         self.settings = self._sync.settings
-        self.redis = aioredis.Redis.from_url(plain_url(self.settings.redis_url),
-                                             **client_options(self.settings))
+        self.redis = async_redis_client(self.settings)
 
     async def __aenter__(self) -> AsyncClient:
         return self

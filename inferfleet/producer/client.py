@@ -24,10 +24,11 @@ from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.errors import (
     BadArgumentError,
+    DurabilityError,
     QueueFullError,
     UnknownModelError,
 )
-from inferfleet.ledger import Ledger, QueuedJob, payload_of
+from inferfleet.ledger import Enqueued, Ledger, QueuedJob, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
@@ -268,17 +269,31 @@ class Client:
         deadline = time.monotonic() + wait_for_room_s
         while True:
             try:
-                accepted, queued = self._ledger.enqueue(queue, queued_jobs, model=model,
-                                                        session_id=session_id,
-                                                        submitted_at=submitted_at,
-                                                        deadline_at=deadline_at, limit=limit)
+                outcome = self._ledger.enqueue(
+                    queue, queued_jobs, model=model, session_id=session_id,
+                    submitted_at=submitted_at, deadline_at=deadline_at, limit=limit,
+                    wait_replicas=self.settings.wait_replicas,
+                    wait_timeout_ms=self.settings.wait_timeout_ms)
             except redis.exceptions.OutOfMemoryError as exc:
                 raise core.broker_full(self.settings, submitted) from exc
-            if accepted:
+            if outcome.accepted:
+                self._check_replicas(outcome, [*submitted, *(
+                    Job(m.job_id, model, m.samples, session_id, self, deadline_at)
+                    for m in messages)])
                 return
             if time.monotonic() >= deadline or len(messages) > limit:
-                raise QueueFullError(model, queued, limit, submitted)
+                raise QueueFullError(model, outcome.queued, limit, submitted)
             time.sleep(ROOM_POLL_S)
+
+    def _check_replicas(self, outcome: Enqueued, submitted: list[Job]) -> None:
+        """Raises: DurabilityError: if fewer replicas confirmed than `wait_replicas`."""
+        wanted = self.settings.wait_replicas
+        if outcome.replicas is not None and outcome.replicas < wanted:
+            raise DurabilityError(
+                f"the primary took the jobs, but {outcome.replicas} of the {wanted} replica(s) "
+                f"asked for (wait_replicas) confirmed them within wait_timeout_ms="
+                f"{self.settings.wait_timeout_ms}: a failover now could lose them",
+                submitted)
 
     def result(self, job_id: str, *, timeout: float = 30.0,
                deadline_at: float | None = None) -> JobResult:

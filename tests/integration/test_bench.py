@@ -19,7 +19,9 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
     for scenario in ("raw batch 1 ", "raw batch 1024", "| naive |", "fleet single-sample jobs",
                      "fleet bulk (256/job)", "naive latency, 1 in flight",
                      "fleet latency, 1 in flight", "fleet load 400/s", "drain naive",
-                     "drain fleet single-sample", "drain fleet bulk"):
+                     "drain fleet single-sample", "drain fleet bulk", "| submit alone |",
+                     "submit alone, WAIT 1 replica"):
         assert scenario in text, scenario
     assert "light-load p50 fleet / naive" in text
+    assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
     assert plot.stat().st_size > 10_000

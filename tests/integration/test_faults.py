@@ -253,6 +253,40 @@ def test_redis_killed_and_restarted_with_aof_loses_no_queued_job(
         server.stop()
 
 
+def test_redis_killed_under_a_busy_worker_and_restarted_with_aof_expires_nothing_taken(
+        tmp_path: Path, models_dir: Path) -> None:
+    """The drill of issue 13: jobs with a 60 s deadline held by a live worker when Redis is
+    killed were ended `expired` by the reaper, never computed."""
+    from faultkit import holdout_rows, stored_results, tally, wait_until
+
+    from inferfleet.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    settings = load_settings(redis_url=server.url, models_dir=models_dir)
+    start, started = worker_starter(settings, tmp_path / "logs")
+    try:
+        start(models="digits_mlp")  # default settings
+        with Client(settings=settings) as client:
+            jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 100 * 256),
+                                      job_size=256, deadline_s=60)
+            ids = [job.id for job in jobs]
+            wait_until(lambda: len(stored_results(client, ids)) >= 10, what="10 results")
+        assert server.process is not None
+        server.process.kill()  # SIGKILL, with messages taken and unacked
+        server.process.wait(10)
+        server.start()  # same folder, same port: replays the AOF
+        restarted_at = time.monotonic()
+        with Client(settings=settings) as client:
+            results = client.results(ids, timeout=120)
+            counts = tally(client, ids, recovery_s=time.monotonic() - restarted_at)
+        assert [r.status for r in results] == ["succeeded"] * 100, counts
+        assert (counts.lost, counts.overwrites) == (0, 0), counts
+        print(counts)
+    finally:
+        stop_processes(started)
+        server.stop()
+
+
 def test_a_job_whose_result_cannot_be_stored_runs_again_rather_than_being_lost(
         private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
     with slow_job(private_settings, tmp_path / "logs", models_dir, socket_timeout_s="1") as (
