@@ -5,6 +5,7 @@ reaping jobs that nobody can finish any more (`Ledger.reap`)."""
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
@@ -16,15 +17,33 @@ from inferfleet.worker.housekeeping import Housekeeping
 logger = logging.getLogger(__name__)
 
 
+#: How many beat intervals a worker must have been beating without a break before it
+#: takes other holders for dead: after Redis itself was gone or paused for longer than the
+#: heartbeat timeout, every holder's beat has lapsed, and the live ones need a turn to beat
+#: again before anyone gives their messages away.
+CONNECTED_INTERVALS_BEFORE_CLAIMS = 2
+
+
 def schedule_upkeep(housekeeping: Housekeeping, *, client: redis.Redis, ledger: Ledger,
                     heartbeats: Heartbeats, settings: Settings) -> None:
     """Register the shared duties with `housekeeping`."""
     interval_s = settings.heartbeat_interval_s
+    beating_since: list[float | None] = [None]  # since when beats have all succeeded
 
     def beat() -> None:
-        heartbeats.beat(client)
+        try:
+            heartbeats.beat(client)
+        except redis.RedisError:
+            beating_since[0] = None
+            raise
+        if beating_since[0] is None:
+            beating_since[0] = time.monotonic()
 
     def give_back_lapsed() -> None:
+        since = beating_since[0]
+        if since is None or time.monotonic() - since < \
+                CONNECTED_INTERVALS_BEFORE_CLAIMS * interval_s:
+            return
         claimed = claim_lapsed(client, timeout_s=settings.heartbeat_timeout_s)
         if claimed:
             logger.warning("holders %s lapsed (no heartbeat for %g s); giving their "

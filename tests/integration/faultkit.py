@@ -19,9 +19,10 @@ from inferfleet.ledger import redis_text
 from inferfleet.schemas import JobStatus
 from inferfleet.settings import Settings
 
-#: Short clocks, so that a job whose worker died comes back within seconds.
-SHORT_CLOCKS = {"visibility_timeout_s": "4", "job_time_limit_s": "1.5",
-                "prefetch_multiplier": "1", "restore_sweep_s": "0.5"}
+#: Short clocks, so that a job whose worker died comes back within a second or two (the
+#: heartbeat), and the visibility timeout's backstop within seconds.
+SHORT_CLOCKS = {"heartbeat_timeout_s": "1", "visibility_timeout_s": "4",
+                "job_time_limit_s": "1.5", "prefetch_multiplier": "1", "restore_sweep_s": "0.5"}
 
 _TERMINAL = {status.value for status in JobStatus}
 

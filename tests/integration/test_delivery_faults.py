@@ -29,6 +29,8 @@ from inferfleet.settings import Settings, load_settings
 #: A worker that holds few messages at a time, so that a kill finds some done, some in
 #: hand and some still queued.
 FEW_AT_A_TIME = {**SHORT_CLOCKS, "worker_concurrency": "2"}
+#: The same, with every clock at its default (liveness gives a dead worker's jobs back).
+FEW_AT_A_TIME_BY_DEFAULT = {"worker_concurrency": "2"}
 
 
 def test_a_job_delivered_again_after_its_result_is_stored_cannot_overwrite_it(
@@ -57,8 +59,8 @@ def test_a_job_delivered_again_after_its_result_is_stored_cannot_overwrite_it(
 def test_a_worker_killed_mid_batch_loses_nothing_while_another_serves_on(
         private_settings: Settings, tmp_path: Path, models_dir: Path,
         start_private_worker: StartWorker) -> None:
-    doomed = start_private_worker(models="digits_mlp", **FEW_AT_A_TIME)
-    start_private_worker(models="digits_mlp", **FEW_AT_A_TIME)
+    doomed = start_private_worker(models="digits_mlp", **FEW_AT_A_TIME_BY_DEFAULT)
+    start_private_worker(models="digits_mlp", **FEW_AT_A_TIME_BY_DEFAULT)
     with Client(settings=private_settings) as client:
         jobs = client.submit_many("digits_mlp", holdout_rows(models_dir, 120_000),
                                   job_size=3000)
