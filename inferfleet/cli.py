@@ -56,6 +56,9 @@ def _fleet_commands(sub: Subparsers) -> None:
     up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="worker processes (default: one per core; each is GIL-bound)")
     up.add_argument("--no-flower", action="store_true")
+    up.add_argument("--no-redis", action="store_true",
+                    help="no embedded Redis: workers and Flower use INFERFLEET_REDIS_URL "
+                         "(one server, or sentinel:// URLs)")
     up.set_defaults(run=_up)
 
     demo = sub.add_parser("demo", help="up, push the digits held-out set through, summarise")
@@ -139,12 +142,14 @@ def _operations_commands(sub: Subparsers) -> None:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from inferfleet.fleet import Fleet
 
-    with Fleet(settings, workers=args.workers, flower=not args.no_flower) as fleet:
+    with Fleet(settings, workers=args.workers, flower=not args.no_flower,
+               embedded_redis=not args.no_redis) as fleet:
+        found = "" if args.no_redis else (
+            f" Clients and commands run from this folder find it (URL and password: "
+            f"{settings.data_dir / 'fleet.json'}).")
         print(f"inferfleet up: redis {mask_url(fleet.redis_url)}, {args.workers} worker(s)"
               + ("" if args.no_flower else f", Flower http://127.0.0.1:{settings.flower_port}")
-              + f"; logs in {fleet.log_dir}. Clients and commands run from this folder "
-              f"find it (URL and password: {settings.data_dir / 'fleet.json'}). Ctrl-C "
-              "stops everything.", flush=True)
+              + f"; logs in {fleet.log_dir}.{found} Ctrl-C stops everything.", flush=True)
         _wait_for_interrupt()
     print("inferfleet: stopped", flush=True)
     return 0

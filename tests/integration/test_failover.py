@@ -1,10 +1,12 @@
 """A Sentinel failover under load: a real primary, a replica and three Sentinels on
-loopback, the primary killed mid-run. The fleet goes on against the promoted replica
-without restarts. Without WAIT, what asynchronous replication lost is counted; with
-`wait_replicas=1`, no accepted job is lost."""
+loopback, the primary killed mid-run. The fleet (a worker alone, or `inferfleet up
+--no-redis`) goes on against the promoted replica without restarts. Without WAIT, what
+asynchronous replication lost is counted; with `wait_replicas=1`, no accepted job is
+lost."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,8 +19,8 @@ from sentinelkit import SentinelGroup
 
 from inferfleet import BrokerError, Client, Job
 from inferfleet.errors import DurabilityError
-from inferfleet.fleet import stop_processes
-from inferfleet.settings import load_settings
+from inferfleet.fleet import Process, spawn, stop_processes, wait_for_workers
+from inferfleet.settings import Settings, load_settings
 
 T = TypeVar("T")
 #: Jobs lost by replication end `expired` this long after submit (deadline + grace).
@@ -37,17 +39,21 @@ def through_failover(call: Callable[[], T], *, timeout_s: float = 60) -> T:
             time.sleep(0.2)
 
 
-def drill(tmp_path: Path, models_dir: Path, *, wait_replicas: int) -> tuple[Counter[str],
-                                                                            Counter[str], float]:
+def drill(tmp_path: Path, models_dir: Path, *, wait_replicas: int, through_up: bool = False
+          ) -> tuple[Counter[str], Counter[str], float]:
     """(states of the jobs submitted before the kill, of those submitted after, seconds
-    from the kill to the last of them terminal)."""
+    from the kill to the last of them terminal). The worker is started alone, or by
+    `inferfleet up --no-redis` (`through_up`)."""
     group = SentinelGroup(tmp_path / "sentinels").start()
     try:
         settings = load_settings(redis_url=group.url, models_dir=models_dir,
                                  wait_replicas=wait_replicas, job_time_limit_s=GRACE_S)
         start, started = worker_starter(settings, tmp_path / "logs")
         try:
-            start(models="digits_mlp")  # default settings: only the URL is the drill's
+            if through_up:  # default settings: only the URL is the drill's
+                started.append(up_without_redis(settings, tmp_path))
+            else:
+                start(models="digits_mlp")
             with Client(settings=settings) as client:
                 before = client.submit_many("digits_mlp", holdout_rows(models_dir, 120 * 256),
                                             job_size=256, deadline_s=DEADLINE_S)
@@ -65,6 +71,18 @@ def drill(tmp_path: Path, models_dir: Path, *, wait_replicas: int) -> tuple[Coun
     finally:
         group.stop()
     return Counter(states[:len(before)]), Counter(states[len(before):]), took_s
+
+
+def up_without_redis(settings: Settings, folder: Path) -> Process:
+    """`inferfleet up --no-redis --no-flower --workers 1` on the Sentinels' URL, once its
+    worker answers."""
+    env = {**os.environ, "INFERFLEET_REDIS_URL": settings.redis_url,
+           "INFERFLEET_MODELS_DIR": str(settings.models_dir),
+           "INFERFLEET_DATA_DIR": str(folder / "up")}
+    up = spawn(["up", "--no-redis", "--no-flower", "--workers", "1"], env=env,
+               log_path=folder / "logs" / "up.log")
+    wait_for_workers(settings, ["worker0@"], timeout_s=90, processes=[up])
+    return up
 
 
 def submit_after(client: Client, models_dir: Path) -> list[Job]:
@@ -97,7 +115,7 @@ def test_a_failover_mid_run_loses_only_unreplicated_writes_and_the_fleet_goes_on
 
 def test_with_wait_replicas_no_accepted_job_is_lost_in_a_failover(
         tmp_path: Path, models_dir: Path) -> None:
-    before, after, took_s = drill(tmp_path, models_dir, wait_replicas=1)
+    before, after, took_s = drill(tmp_path, models_dir, wait_replicas=1, through_up=True)
     assert before == {"succeeded": 120}, before
     # After the kill no replica is left to confirm: the first chunk of the submit went,
     # was refused as not durable, and still ran.
