@@ -56,13 +56,8 @@ def _broker_errors(method: Callable[P, R]) -> Callable[P, R]:
     """Raise the inferfleet error (`core.broker_error`) for Redis failures."""
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        with core.mapped_errors(args[0].settings):  # type: ignore[attr-defined]
             return method(*args, **kwargs)
-        except redis.RedisError as exc:
-            mapped = core.broker_error(exc, args[0].settings)  # type: ignore[attr-defined]
-            if mapped is None:
-                raise
-            raise mapped from exc
     return wrapper
 
 

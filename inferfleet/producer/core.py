@@ -11,7 +11,8 @@ expiry, raw redis errors, a fixed one-second block.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
@@ -61,26 +62,34 @@ def block_s(settings: Settings) -> float:
     return min(1.0, settings.socket_timeout_s / 2)
 
 
+@contextmanager
+def mapped_errors(settings: Settings) -> Iterator[None]:
+    """Raise Redis errors as the inferfleet errors they stand for (`broker_error`)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        mapped = broker_error(exc, settings)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 def run(steps: Steps[T], client: redis.Redis, settings: Settings) -> T:
     """Drive `steps` over a redis-py client.
 
     Raises:
         BrokerError: if Redis cannot be reached in time, or is full.
     """
-    try:
-        round_trip = next(steps)
-        while True:
-            pipe = client.pipeline(transaction=False)
-            for command in round_trip:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            round_trip = steps.send(pipe.execute())
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    except redis.RedisError as exc:
-        mapped = broker_error(exc, settings)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    with mapped_errors(settings):
+        try:
+            round_trip = next(steps)
+            while True:
+                pipe = client.pipeline(transaction=False)
+                for command in round_trip:
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                round_trip = steps.send(pipe.execute())
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 async def run_async(steps: Steps[T], client: aioredis.Redis, settings: Settings) -> T:
@@ -89,21 +98,17 @@ async def run_async(steps: Steps[T], client: aioredis.Redis, settings: Settings)
     Raises:
         BrokerError: if Redis cannot be reached in time, or is full.
     """
-    try:
-        round_trip = next(steps)
-        while True:
-            async with client.pipeline(transaction=False) as pipe:
-                for command in round_trip:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
-            round_trip = steps.send(replies)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    except redis.RedisError as exc:
-        mapped = broker_error(exc, settings)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    with mapped_errors(settings):
+        try:
+            round_trip = next(steps)
+            while True:
+                async with client.pipeline(transaction=False) as pipe:
+                    for command in round_trip:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+                round_trip = steps.send(replies)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 def status(job_id: str) -> Steps[str]:
