@@ -12,7 +12,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -216,8 +216,13 @@ class Ledger:
     """Reads and writes job records; one per process, safe to share between threads."""
 
     def __init__(self, client: redis.Redis, *, ttl_s: int,
-                 session_stream_max_jobs: int = 100_000) -> None:
+                 session_stream_max_jobs: int = 100_000,
+                 send: Callable[[Sequence[tuple[Any, ...]]], list[Any]] | None = None
+                 ) -> None:
+        """`send`, if given, sends the script calls' rounds of commands instead of a
+        redis-py pipeline (the producer's `Wire`): the replies, error replies in place."""
         self.client = client
+        self._send = send or self._send_by_pipeline
         self.ttl_s = ttl_s
         self.session_stream_max_jobs = session_stream_max_jobs
         self._store_once = client.register_script(_STORE_ONCE)
@@ -338,13 +343,8 @@ class Ledger:
             redis.RedisError: the first error any call met.
         """
         def send(batch: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for call_keys, args in batch:
-                pipe.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", script.sha, len(call_keys), *call_keys, *args)
-            for command in extra:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            return pipe.execute(raise_on_error=False)
+            return self._send([*(("EVALSHA", script.sha, len(call_keys), *call_keys, *args)
+                                 for call_keys, args in batch), *extra])
 
         replies = send(calls) if calls else []
         refused = [i for i, reply in enumerate(replies[:len(calls)])
@@ -359,6 +359,12 @@ class Ledger:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    def _send_by_pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return pipe.execute(raise_on_error=False)
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,
                               timeout_s: float, landed_before: set[str],

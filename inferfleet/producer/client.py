@@ -33,6 +33,7 @@ from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
+from inferfleet.producer.wire import Wire
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
 from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
@@ -103,7 +104,8 @@ class Client:
         self.settings = settings
         self._app = make_app(settings)
         self.redis = redis_client(settings)
-        self._ledger = Ledger(self.redis, ttl_s=settings.result_ttl_s)
+        self._wire = Wire(self.redis)
+        self._ledger = Ledger(self.redis, ttl_s=settings.result_ttl_s, send=self._wire.send)
         self._limits = Limits(max_job_samples=settings.max_job_samples,
                               max_sample_elements=settings.max_sample_elements)
         self._signatures: dict[str, tuple[float, ModelSignature]] = {}
@@ -120,6 +122,7 @@ class Client:
 
     def close(self) -> None:
         """Release the Redis connections."""
+        self._wire.close()
         self.redis.close()
         self._app.close()
 
@@ -134,6 +137,9 @@ class Client:
         Raises:
             UnknownModelError: if no worker has published it.
         """
+        return self._signature(model)
+
+    def _signature(self, model: str) -> ModelSignature:
         cached = self._signatures.get(model)
         if cached is not None and time.monotonic() - cached[0] < SIGNATURE_TTL_S:
             return cached[1]
@@ -192,7 +198,7 @@ class Client:
         _check_model_name(model)
         if session_id is not None:
             check_session_id(session_id)
-        signature = self.signature(model) if validate else None
+        signature = self._signature(model) if validate else None
         columns: dict[str | None, SampleColumn] = as_columns(samples, signature)
         total = n_samples(columns)
         if total == 0:
@@ -253,7 +259,7 @@ class Client:
         queue = keys.model_queue(model)
         # The repr Flower shows; given so that nothing reprs the arrays.
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
-            self._app, m.job_id, queue, m.kwargs, f"{{model: {model!r}, samples: {m.samples}}}"))
+            m.job_id, queue, m.kwargs, f"{{model: {model!r}, samples: {m.samples}}}"))
             for m in messages]
         biggest = max(len(job.envelope) for job in queued_jobs)
         if biggest > self.settings.max_message_bytes:

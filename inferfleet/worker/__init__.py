@@ -55,7 +55,7 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
         delivery = _delivery_of(task, args, kwargs)
         try:
             try:
-                result = service.handle(delivery, app=app)
+                result = service.handle(delivery)
             except redis.RedisError:
                 raise
             except Exception as exc:  # every job must end: a bug still gets a result

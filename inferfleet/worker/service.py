@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy.typing as npt
 import redis
-from celery import Celery
 from celery.worker import state as worker_state
 
 from inferfleet import keys
@@ -185,7 +184,7 @@ class InferenceService:
         signature = model.signature.model_copy(update={"providers": model.providers})
         self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
 
-    def handle(self, delivery: Delivery, *, app: Celery | None = None) -> WireResult | None:
+    def handle(self, delivery: Delivery) -> WireResult | None:
         """Run one job to its terminal result and store it (once); None for a message
         this process no longer holds (its holder lapsed while it waited here: the fleet
         gave it to another worker, so it is neither run nor acked here).
@@ -208,7 +207,7 @@ class InferenceService:
                 return stored
         try:
             with job_context(job_id, delivery.kwargs):
-                result = self._handle(delivery, app=app)
+                result = self._handle(delivery)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("job %s ended %s (%d samples, batches %s)", job_id,
                                  result.status.value, len(result.sample_ids), result.batch_ids,
@@ -217,7 +216,7 @@ class InferenceService:
         finally:
             self.in_flight.end(job_id)
 
-    def _handle(self, delivery: Delivery, *, app: Celery | None) -> WireResult:
+    def _handle(self, delivery: Delivery) -> WireResult:
         job_id, kwargs = delivery.job_id, delivery.kwargs
         if delivery.redelivered:
             deliveries, finished = self.ledger.count_redelivery(job_id)
@@ -226,7 +225,7 @@ class InferenceService:
                 logger.info("job %s came back with its result stored; not run again", job_id)
                 return stored
             if deliveries > self.settings.max_deliveries:
-                return self._dead_letter(job_id, kwargs, deliveries, app)
+                return self._dead_letter(job_id, kwargs, deliveries)
         started = time.time()
         self.running.mark(job_id)
         try:
@@ -266,8 +265,7 @@ class InferenceService:
         self._store(result, kwargs)
         return result
 
-    def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int,
-                     app: Celery | None) -> WireResult:
+    def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int) -> WireResult:
         reason = (f"delivered {deliveries} times without finishing (max_deliveries="
                   f"{self.settings.max_deliveries}): its worker died each time")
         logger.error("job %s dead-lettered: %s", job_id, reason)
@@ -277,8 +275,7 @@ class InferenceService:
         # A replay is a new job: the original's deadline, notify list and submit time
         # belong to the original.
         fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None}
-        copy = "" if app is None else task_envelope(
-            app, str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
+        copy = task_envelope(str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
         self._store(result, kwargs)
         return result

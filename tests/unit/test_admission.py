@@ -71,12 +71,23 @@ def test_any_message_is_admitted_whole_or_refused_with_a_reason(
     assert isinstance(request.args, list) and isinstance(request.kwargs, dict)
 
 
+def test_the_clients_envelope_carries_what_celerys_own_message_builder_makes(
+        app: Celery) -> None:
+    kwargs = {"v": 1, "model": "digits", "inputs": [], "submitted_at": 1.5}
+    ours = json.loads(task_envelope("j1", keys.model_queue("digits"), kwargs, "{digits}"))
+    celerys = app.amqp.create_task_message("j1", keys.TASK_NAME, (), kwargs, argsrepr="()",
+                                           kwargsrepr="{digits}", ignore_result=True)
+    assert ours["headers"] == celerys.headers
+    assert json.loads(ours["body"]) == json.loads(json.dumps(celerys.body))
+    assert {k: ours["properties"][k] for k in celerys.properties} == celerys.properties
+
+
 def test_a_message_from_the_client_is_admitted_with_its_body_decoded(
         app: Celery, channel: object) -> None:
     kwargs = {"v": 1, "model": "digits", "inputs": {"dtype": "float32", "shape": [0, 64],
                                                     "data": ""}}
     job_id = str(uuid.uuid4())
-    raw = task_envelope(app, job_id, keys.model_queue("digits"), kwargs, "{}")
+    raw = task_envelope(job_id, keys.model_queue("digits"), kwargs, "{}")
     verdict = admit(raw, tasks=TASKS)
     assert isinstance(verdict, Admitted) and verdict.body == [[], kwargs, {
         "callbacks": None, "errbacks": None, "chain": None, "chord": None}]

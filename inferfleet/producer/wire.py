@@ -1,0 +1,87 @@
+"""The producer's hot path to Redis: one connection per thread, commands packed by hiredis
+and their replies read as they come, without redis-py's pipeline, pool checkout, retry
+and observability layers around every call.
+
+Measured (a one-key EVALSHA with a 1.5 KB argument, loopback): 72 us of client CPU
+through a redis-py pipeline, 24 us through the connection itself; a single-sample
+`Client.submit` is one such call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from hiredis import pack_command
+
+Command = Sequence[Any]
+
+
+class Wire:
+    """Sends rounds of commands on a connection of `client`'s pool kept by each thread."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._local = threading.local()
+
+    def send(self, commands: Sequence[Command]) -> list[Any]:
+        """The raw reply of each command (an error reply as its exception, in its place),
+        in one round trip.
+
+        A connection that served earlier calls and fails now (Redis closed it: a restart,
+        `CLIENT KILL`, an idle timeout, a failover) is replaced and the round tried once
+        more, as redis-py's own retry does; a fresh one that fails raises.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: if Redis cannot be reached in time
+                (the connection is dropped; the next call opens a new one).
+        """
+        # hiredis packs a command in C; redis-py's packer wraps it in a Python pass over
+        # every argument (~20 us of a submit's 18 arguments).
+        packed = [pack_command(tuple(command)) for command in commands]
+        reused = getattr(self._local, "connection", None) is not None
+        try:
+            return self._round_trip(packed, len(commands))
+        except redis.ConnectionError:
+            if not reused:
+                raise
+            return self._round_trip(packed, len(commands))
+
+    def _round_trip(self, packed: list[bytes], replies: int) -> list[Any]:
+        connection = self._connection()
+        try:
+            connection.send_packed_command(packed)
+            return [self._reply(connection) for _ in range(replies)]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self.close()
+            if isinstance(exc, redis.RedisError):
+                raise
+            raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
+
+    @staticmethod
+    def _reply(connection: Any) -> Any:
+        try:
+            return connection.read_response()
+        except redis.ResponseError as exc:  # an error reply: the next reply is still owed
+            return exc
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # Checked out for good: this thread's alone (redis-py pools connections by
+            # checkout; one that is never returned is one the pool will not hand out).
+            # `connect()` explicitly: a Sentinel's connection finds the primary there.
+            connection = self._pool.get_connection()
+            connection.connect()  # type: ignore[no-untyped-call]
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Drop this thread's connection (the next call opens a new one)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._local.connection = None
+            connection.disconnect()
+            self._pool.release(connection)
