@@ -128,7 +128,8 @@ def _operations_commands(sub: Subparsers) -> None:
 
     bench = sub.add_parser("bench", help="throughput and latency: raw ONNX Runtime, a "
                                          "plain Celery task per sample, and the fleet")
-    bench.add_argument("--models", default="digits,digits_mlp")
+    bench.add_argument("--models", default="digits,digits_mlp,cnn",
+                       help="cnn: an image-sized network the bench builds for the run")
     bench.add_argument("--repeat", type=int, default=3)
     bench.add_argument("--scale", type=float, default=1.0,
                        help="multiplies every sample count (0.01 for a smoke run)")

@@ -28,7 +28,7 @@ def make_naive_app(redis_url: str) -> Celery:
     return app
 
 
-def predict(model_path: str, sample: list[float]) -> list[float]:
+def predict(model_path: str, sample: list[Any]) -> list[float]:
     """Probabilities for one sample; the session is built once per pool process."""
     import onnxruntime as ort  # the baseline's own model code, as a user would write it
 
@@ -36,7 +36,7 @@ def predict(model_path: str, sample: list[float]) -> list[float]:
     if session is None:
         session = _sessions[model_path] = ort.InferenceSession(model_path)
     name = session.get_inputs()[0].name
-    row = np.asarray(sample, dtype=np.float32).reshape(1, -1)
+    row = np.asarray(sample, dtype=np.float32)[None]  # a batch of one
     return [float(v) for v in session.run(["probabilities"], {name: row})[0][0]]
 
 

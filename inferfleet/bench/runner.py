@@ -1,63 +1,75 @@
 """`inferfleet bench`: every scenario, for each model, against one Redis on this machine.
 
 The baseline and the fleet never run at the same time: each gets the same cores, the same
-Redis (AOF on, as `inferfleet up` runs it) and the same producer process.
+Redis (AOF on, as `inferfleet up` runs it) and the same producer process. Each measured
+run records the CPU seconds Redis, the workers and the producer spent on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import psutil
 import redis
-from celery import Celery
 
 from inferfleet import keys
 from inferfleet.bench import scenarios
-from inferfleet.bench.measure import Measurement, Summary, summarise
+from inferfleet.bench.cnn import NAME as CNN
+from inferfleet.bench.cnn import build_cnn, cnn_rows
+from inferfleet.bench.fleets import fleet_workers, naive_worker
+from inferfleet.bench.measure import CpuMeter, Measurement, Summary, summarise
 from inferfleet.bench.naive import make_naive_app
+from inferfleet.codec import encode_array
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.errors import ServerError
-from inferfleet.fleet import Process, spawn, stop_processes, wait_for_workers
+from inferfleet.fleet import Process
 from inferfleet.producer import Client
+from inferfleet.producer.publish import task_envelope
 from inferfleet.settings import Settings
 
 RAW_BATCHES = (1, 8, 32, 128, 256, 512, 1024)
+Rows = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """What to run; `scale` multiplies every sample count (0.01 for a smoke run)."""
 
-    models: tuple[str, ...] = ("digits", "digits_mlp")
+    models: tuple[str, ...] = ("digits", "digits_mlp", CNN)
     repeat: int = 3
     scale: float = 1.0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    job_size: int = 256
+    #: Samples per bulk job: 256, or per model (the image-sized model's are 12 KiB each).
+    job_sizes: dict[str, int] = field(default_factory=lambda: {CNN: 64})
     load_rates: tuple[float, ...] = (100.0, 200.0, 400.0)
     naive_samples: int = 1500
     single_samples: int = 2000
     latency_samples: int = 200
     load_seconds: float = 3.0
     bulk_samples: dict[str, int] = field(default_factory=lambda: {
-        "digits": 200_000, "digits_mlp": 50_000})
+        "digits": 200_000, "digits_mlp": 50_000, CNN: 6_400})
     #: The memory scenario's samples (on the first model only).
     memory_samples: int = 1_000_000
 
     def count(self, n: int) -> int:
         return max(2, int(n * self.scale))
+
+    def job_size(self, model: str) -> int:
+        return self.job_sizes.get(model, 256)
 
 
 @dataclass
@@ -93,30 +105,176 @@ class BenchResult:
     def add(self, model: str, scenario: str, runs: list[Measurement], note: str = "") -> None:
         self.summaries.append(summarise(model, scenario, runs, note))
         last = self.summaries[-1]
-        print(f"  {model:<11} {scenario:<26} {last.rate:>12,.0f} samples/s  "
-              f"p50 {last.p50_ms:8.1f} ms  p99 {last.p99_ms:8.1f} ms {note}", flush=True)
+        cpu = " ".join(f"{side} {us:,.0f}" for side, us in last.cpu_us.items())
+        print(f"  {model:<11} {scenario:<34} {last.rate:>12,.0f} samples/s  "
+              f"p50 {last.p50_ms:8.1f} ms  p99 {last.p99_ms:8.1f} ms"
+              f"{'  CPU us/sample: ' + cpu if cpu else ''} {note}", flush=True)
 
 
 class Bench:
     """One benchmark run: a Redis, then the baseline's and the fleet's workers in turn."""
 
-    def __init__(self, settings: Settings, options: BenchOptions, work_dir: Path) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, options: BenchOptions, work_dir: Path, *,
+                 redis_pid: int | None = None) -> None:
         self.options = options
         self.work_dir = work_dir
+        self.redis_pid = redis_pid
         self.result = BenchResult()
         holdout = np.load(settings.models_dir / "digits" / "holdout.npz")["x"]
-        self.rows = np.tile(holdout, (max(1, 200_000 // len(holdout) + 1), 1))
+        self._digit_rows = np.tile(holdout, (max(1, 200_000 // len(holdout) + 1), 1))
+        self.settings = settings.model_copy(update={"models_dir": self._models(settings)})
+        self._worker_pids: list[int] = []
+
+    def _models(self, settings: Settings) -> Path:
+        """The shipped models, and the image-sized one built for this run."""
+        folder = self.work_dir / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        for model in os.listdir(settings.models_dir):  # copies: the registry refuses links
+            if (settings.models_dir / model / "model.onnx").is_file():
+                shutil.copytree(settings.models_dir / model, folder / model)
+        if CNN in self.options.models:
+            build_cnn(folder)
+        return folder
+
+    def rows(self, model: str, n: int) -> Rows:
+        """`n` samples for `model`: held-out digits, or images for the CNN."""
+        if model == CNN:
+            return cnn_rows(n)
+        return self._digit_rows[:n]
 
     def run(self) -> BenchResult:
         for model in self.options.models:
             self._raw(model)
             self._naive(model)
             self._fleet(model)
+            self._fleet(model, as_readme=True)
             self._drains(model)
+            self._transport_ceiling(model)
         self._durable_submits(self.options.models[0])
         self._memory(self.options.models[0])
         return self.result
+
+    def _measured(self, measure: Callable[[], Measurement]) -> Measurement:
+        meter = CpuMeter(self.redis_pid, self._worker_pids)
+        meter.start()
+        measurement = measure()
+        measurement.cpu_s = meter.stop()
+        return measurement
+
+    def _repeat(self, measure: Callable[[], Measurement]) -> list[Measurement]:
+        return [self._measured(measure) for _ in range(self.options.repeat)]
+
+    @contextmanager
+    def _serving(self, fleet: AbstractContextManager[list[Process]]
+                 ) -> Iterator[list[Process]]:
+        """The fleet's processes, whose CPU the measurements meanwhile count."""
+        with fleet as processes:
+            self._worker_pids = [p.pid for p in processes]
+            try:
+                yield processes
+            finally:
+                self._worker_pids = []
+
+    def _fleet_of(self, model: str, *, as_readme: bool = False
+                  ) -> AbstractContextManager[list[Process]]:
+        return self._serving(fleet_workers(self.settings, model, workers=self.options.workers,
+                                           log_dir=self.work_dir, as_readme=as_readme))
+
+    def _raw(self, model: str) -> None:
+        path = str(self.settings.models_dir / model / "model.onnx")
+        threads = max(1, (os.cpu_count() or 1))
+        rows = self.rows(model, 2048 if model == CNN else 8192)
+        for batch in RAW_BATCHES:
+            self.result.add(model, f"raw batch {batch}", self._repeat(partial(
+                scenarios.raw, path, rows, batch=batch, threads=threads)))
+
+    def _naive(self, model: str) -> None:
+        path = str(self.settings.models_dir / model / "model.onnx")
+        options = self.options
+        with self._serving(naive_worker(self.settings, self.work_dir)), \
+                Client(settings=self.settings) as client:
+            app = make_naive_app(self.settings.redis_url)
+            submit = scenarios.naive_submitter(app, path)
+            wait = scenarios.naive_wait(app)
+            scenarios.latency(submit, wait, self.rows(model, 4))
+            rows = self.rows(model, options.count(options.naive_samples))
+            self.result.add(model, "naive", self._repeat(partial(
+                scenarios.throughput, client, submit, rows, per_job=1,
+                failures=scenarios.naive_failures)))
+            self._latency_and_load(model, "naive", client, submit, wait,
+                                   scenarios.naive_failures)
+
+    def _fleet(self, model: str, *, as_readme: bool = False) -> None:
+        """The fleet's scenarios: the bench's own fleet, or (`as_readme`) two `inferfleet
+        worker`s started as the README says, with every default, throughput only."""
+        options, name = self.options, "fleet as the README starts it" if as_readme else "fleet"
+        size = options.job_size(model)
+        with self._fleet_of(model, as_readme=as_readme), \
+                Client(settings=self.settings) as client:
+            submit = scenarios.fleet_submitter(client, model)
+            wait = scenarios.fleet_wait(client)
+            scenarios.latency(submit, wait, self.rows(model, 4))
+            rows = self.rows(model, options.count(options.single_samples))
+            self.result.add(model, f"{name}: single-sample jobs" if as_readme else
+                            "fleet single-sample jobs", self._repeat(partial(
+                                scenarios.throughput, client, submit, rows, per_job=1,
+                                failures=scenarios.fleet_failures)))
+            rows = self.rows(model, options.count(options.bulk_samples.get(model, 50_000)))
+            self.result.add(model, f"{name}: bulk ({size}/job)" if as_readme else
+                            f"fleet bulk ({size}/job)", self._repeat(partial(
+                                scenarios.bulk, client, model, rows, job_size=size)))
+            if not as_readme:
+                self._latency_and_load(model, "fleet", client, submit, wait,
+                                       scenarios.fleet_failures)
+
+    def _latency_and_load(self, model: str, name: str, client: Client,
+                          submit: scenarios.Submit, wait: scenarios.Wait,
+                          failures: Callable[..., int]) -> None:
+        options = self.options
+        rows = self.rows(model, options.count(options.latency_samples))
+        self.result.add(model, f"{name} latency, 1 in flight", self._repeat(partial(
+            scenarios.latency, submit, wait, rows)))
+        for rate in options.load_rates:
+            rows = self.rows(model, options.count(int(rate * options.load_seconds)))
+            self.result.add(model, f"{name} load {rate:g}/s", [self._measured(partial(
+                scenarios.offered_load, client, submit, rows, rate=rate, failures=failures))])
+
+    def _drains(self, model: str) -> None:
+        options = self.options
+        path = str(self.settings.models_dir / model / "model.onnx")
+        size = options.job_size(model)
+        with Client(settings=self.settings) as client:
+            app = make_naive_app(self.settings.redis_url)
+            submit = scenarios.naive_submitter(app, path)
+            rows = self.rows(model, options.count(options.naive_samples))
+            ids = [submit(rows[i:i + 1]) for i in range(len(rows))]
+            with self._serving(naive_worker(self.settings, self.work_dir)):
+                self.result.add(model, "drain naive", [self._measured(partial(
+                    scenarios.drain, client, ids, len(rows), scenarios.naive_failures))])
+            for label, n, per_job in (
+                    ("drain fleet single-sample", options.count(options.single_samples), 1),
+                    (f"drain fleet bulk ({size}/job)",
+                     options.count(options.bulk_samples.get(model, 50_000)), size)):
+                jobs = client.submit_many(model, self.rows(model, n), job_size=per_job)
+                with self._fleet_of(model):
+                    self.result.add(model, label, [self._measured(partial(
+                        scenarios.drain, client, [j.id for j in jobs], n,
+                        scenarios.fleet_failures))])
+
+    def _transport_ceiling(self, model: str) -> None:
+        """The bulk job's very message bytes through the same Redis with a bare loop."""
+        size = self.options.job_size(model)
+        rows = self.rows(model, size)
+        envelope = task_envelope("ceiling", keys.model_queue(model), {
+            "v": 1, "model": model, "inputs": encode_array(rows)}, "{}")
+        messages = self.options.count(self.options.bulk_samples.get(model, 50_000)) // size
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            self.result.add(model, f"transport ceiling ({size}/message)", self._repeat(partial(
+                scenarios.transport_ceiling, client, envelope, rows_per_message=size,
+                messages=max(2, messages))))
+        finally:
+            client.close()
 
     #: A model no bench worker serves: durable submits are measured alone.
     DURABLE_MODEL = "bench-durable"
@@ -133,12 +291,13 @@ class Bench:
                 settings = self.settings.model_copy(update={"wait_replicas": replicas})
                 with Client(settings=settings) as client:
                     self.result.add(model, label, self._repeat(partial(
-                        scenarios.submits, client, self.rows[:n], model=self.DURABLE_MODEL)))
+                        scenarios.submits, client, self.rows(model, n),
+                        model=self.DURABLE_MODEL)))
                     client.redis.delete(keys.model_queue(self.DURABLE_MODEL))
 
     def _memory(self, model: str) -> None:
         n = self.options.count(self.options.memory_samples)
-        with self._fleet_workers(model) as processes:
+        with self._fleet_of(model) as processes:
             workers = [psutil.Process(p.pid) for p in processes]
             # A first run of the same size lets the workers reach their working size
             # (prefetched messages, batch buffers, thread stacks, malloc arenas); "flat"
@@ -157,113 +316,12 @@ class Bench:
               f"{report.output_bytes / 2**20:,.0f} MiB); worker RSS growth "
               f"{report.worker_growth:+.1%}", flush=True)
 
-    def _repeat(self, measure: Callable[[], Measurement]) -> list[Measurement]:
-        return [measure() for _ in range(self.options.repeat)]
-
-    def _raw(self, model: str) -> None:
-        path = str(self.settings.models_dir / model / "model.onnx")
-        threads = max(1, (os.cpu_count() or 1))
-        for batch in RAW_BATCHES:
-            self.result.add(model, f"raw batch {batch}", self._repeat(
-                lambda b=batch: scenarios.raw(path, self.rows[:8192], batch=b,  # type: ignore[misc]
-                                              threads=threads)))
-
-    def _naive(self, model: str) -> None:
-        path = str(self.settings.models_dir / model / "model.onnx")
-        options = self.options
-        with self._naive_worker(), Client(settings=self.settings) as client:
-            app = make_naive_app(self.settings.redis_url)
-            submit = scenarios.naive_submitter(app, path)
-            wait = scenarios.naive_wait(app)
-            scenarios.latency(submit, wait, self.rows[:4])
-            n = options.count(options.naive_samples)
-            self.result.add(model, "naive", self._repeat(lambda: scenarios.throughput(
-                client, submit, self.rows[:n], per_job=1, failures=scenarios.naive_failures)))
-            self._latency_and_load(model, "naive", client, submit, wait,
-                                   scenarios.naive_failures)
-
-    def _fleet(self, model: str) -> None:
-        options = self.options
-        with self._fleet_workers(model), Client(settings=self.settings) as client:
-            submit = scenarios.fleet_submitter(client, model)
-            wait = scenarios.fleet_wait(client)
-            scenarios.latency(submit, wait, self.rows[:4])
-            n = options.count(options.single_samples)
-            self.result.add(model, "fleet single-sample jobs", self._repeat(
-                lambda: scenarios.throughput(client, submit, self.rows[:n], per_job=1,
-                                             failures=scenarios.fleet_failures)))
-            n = options.count(options.bulk_samples.get(model, 50_000))
-            self.result.add(model, f"fleet bulk ({options.job_size}/job)", self._repeat(
-                lambda: scenarios.bulk(client, model, self.rows[:n],
-                                       job_size=options.job_size)))
-            self._latency_and_load(model, "fleet", client, submit, wait,
-                                   scenarios.fleet_failures)
-
-    def _latency_and_load(self, model: str, name: str, client: Client,
-                          submit: scenarios.Submit, wait: scenarios.Wait,
-                          failures: Callable[..., int]) -> None:
-        options = self.options
-        n = options.count(options.latency_samples)
-        self.result.add(model, f"{name} latency, 1 in flight", self._repeat(
-            lambda: scenarios.latency(submit, wait, self.rows[:n])))
-        for rate in options.load_rates:
-            n = options.count(int(rate * options.load_seconds))
-            self.result.add(model, f"{name} load {rate:g}/s", [scenarios.offered_load(
-                client, submit, self.rows[:n], rate=rate, failures=failures)])
-
-    def _drains(self, model: str) -> None:
-        options = self.options
-        path = str(self.settings.models_dir / model / "model.onnx")
-        naive_n = options.count(options.naive_samples)
-        single_n = options.count(options.single_samples)
-        bulk_n = options.count(options.bulk_samples.get(model, 50_000))
-        with Client(settings=self.settings) as client:
-            app = make_naive_app(self.settings.redis_url)
-            self.result.add(model, "drain naive", [self._drain_naive(client, app, path, naive_n)])
-            for label, n, size in (("drain fleet single-sample", single_n, 1),
-                                   (f"drain fleet bulk ({options.job_size}/job)", bulk_n,
-                                    options.job_size)):
-                jobs = client.submit_many(model, self.rows[:n], job_size=size)
-                with self._fleet_workers(model):
-                    self.result.add(model, label, [scenarios.drain(
-                        client, [j.id for j in jobs], n, scenarios.fleet_failures)])
-
-    def _drain_naive(self, client: Client, app: Celery, path: str, n: int) -> Measurement:
-        submit = scenarios.naive_submitter(app, path)
-        ids = [submit(self.rows[i:i + 1]) for i in range(n)]
-        with self._naive_worker():
-            return scenarios.drain(client, ids, n, scenarios.naive_failures)
-
     def _memory_client(self, model: str, n: int) -> dict[str, int]:
         done = subprocess.run(
             [sys.executable, "-m", "inferfleet.bench.memory", self.settings.redis_url,
-             model, str(n), str(self.options.job_size)],
+             model, str(n), str(self.options.job_size(model))],
             capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-    @contextmanager
-    def _naive_worker(self) -> Iterator[list[Process]]:
-        process = spawn([self.settings.redis_url], env=os.environ, module="inferfleet.bench.naive",
-                        log_path=self.work_dir / "naive.log")
-        yield from self._serve([process], ["naive@"])
-
-    @contextmanager
-    def _fleet_workers(self, model: str) -> Iterator[list[Process]]:
-        env = {**os.environ, "INFERFLEET_REDIS_URL": self.settings.redis_url,
-               "INFERFLEET_MODELS_DIR": str(self.settings.models_dir),
-               "INFERFLEET_WORKER_PROCESSES": str(self.options.workers)}
-        names = [f"bench{i}@" for i in range(self.options.workers)]
-        processes = [spawn(["worker", "--models", model, f"--hostname={name}%h",
-                            "--loglevel=WARNING"], env=env,
-                           log_path=self.work_dir / f"{name[:-1]}.log") for name in names]
-        yield from self._serve(processes, names)
-
-    def _serve(self, processes: list[Process], names: list[str]) -> Iterator[list[Process]]:
-        try:
-            wait_for_workers(self.settings, names, timeout_s=60, processes=processes)
-            yield processes
-        finally:
-            stop_processes(processes)
 
 
 def _wait_for_sync(replica: EmbeddedRedis, timeout_s: float = 30.0) -> None:
@@ -283,4 +341,5 @@ def run_bench(settings: Settings, options: BenchOptions) -> BenchResult:
         print(f"inferfleet bench: redis {server.url}, {os.cpu_count()} cores, "
               f"{options.workers} fleet worker process(es), {options.repeat} repetitions",
               flush=True)
-        return Bench(bench_settings, options, Path(tmp)).run()
+        pid = server.process.pid if server.process else None
+        return Bench(bench_settings, options, Path(tmp), redis_pid=pid).run()

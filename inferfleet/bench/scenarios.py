@@ -7,6 +7,7 @@ bulk       `Client.submit_many` with jobs of 256 samples
 latency    one job in flight at a time, naive against fleet
 load       single-sample jobs offered at a fixed rate: latency against offered load
 drain      the same work enqueued first, then consumed: producer and worker apart
+transport  the same message bytes pushed and popped by a bare redis-py loop: the ceiling
 durable    single-sample submits alone, with Redis WAIT for one replica and without
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+import redis
 from celery import Celery
 
 from inferfleet import keys
@@ -112,6 +114,24 @@ def bulk(client: Client, model: str, rows: Rows, *, job_size: int) -> Measuremen
     submitted = {job.id: (started, job.n_samples) for job in jobs}
     seen, failed = collect(client.redis, list(submitted), timeout_s=600, decode=fleet_failures)
     return _measured(submitted, seen, failed, started)
+
+
+def transport_ceiling(client: redis.Redis, envelope: bytes, *, rows_per_message: int,
+                      messages: int, per_round: int = 16) -> Measurement:
+    """The physical limit of the broker for these bytes: the same message pushed and
+    popped through the same Redis by a bare redis-py loop, `per_round` messages a round
+    trip (LPUSH, then RPOP of as many), with no inference, no decoding, no result."""
+    queue = "bench:transport-ceiling"
+    started = time.perf_counter()
+    done = 0
+    while done < messages:
+        count = min(per_round, messages - done)
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(queue, *[envelope] * count)
+        pipe.rpop(queue, count)
+        pipe.execute()
+        done += count
+    return Measurement(done * rows_per_message, time.perf_counter() - started)
 
 
 def submits(client: Client, rows: Rows, *, model: str) -> Measurement:

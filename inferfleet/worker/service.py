@@ -33,7 +33,7 @@ from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob
-from inferfleet.worker.backlog import QueueBacklog, messages_to_take
+from inferfleet.worker.backlog import QueueBacklog, TakeAhead, messages_to_take
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
     checked_request,
@@ -128,13 +128,10 @@ class InferenceService:
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
         self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
-        #: Rows this process keeps ahead of its batcher (queued, being decoded, or taken
-        #: and not begun): enough for the next batches, no more.
-        self.take_ahead_rows = self.TAKE_AHEAD_BATCHES * settings.max_batch_rows
+        #: Rows this process keeps ahead of its batcher: enough for the next batches,
+        #: no more.
+        self.take_ahead = TakeAhead(settings.max_batch_rows)
         self._rows_per_job = 1.0  # a moving average of the jobs seen
-
-    #: Full batches a worker keeps ready behind the one running.
-    TAKE_AHEAD_BATCHES = 2
 
     def start(self) -> None:
         """Start the background duties (heartbeats first: a channel takes nothing until
@@ -153,7 +150,7 @@ class InferenceService:
 
     def messages_wanted(self) -> int:
         """How many more messages this worker should take now (the transport asks before
-        each take): as many as keep `take_ahead_rows` rows ahead of the batcher.
+        each take): as many as keep `take_ahead.rows` rows ahead of the batcher.
 
         Prefetch counts messages, not rows: with 256-sample jobs one worker took 148 of
         196 jobs and ran 650 ms after the other went idle (bulk run, two workers). An idle
@@ -161,7 +158,7 @@ class InferenceService:
         """
         not_begun = max(0, len(worker_state.reserved_requests) -
                         len(worker_state.active_requests))
-        return messages_to_take(self.take_ahead_rows, rows_per_job=self._rows_per_job,
+        return messages_to_take(self.take_ahead.rows, rows_per_job=self._rows_per_job,
                                 queued_rows=self.batcher.queued_rows,
                                 jobs_ahead=self.batcher.arriving_jobs + not_begun)
 
@@ -383,9 +380,10 @@ class InferenceService:
         model: OnnxModel = key[1]  # type: ignore[index]
         started = time.perf_counter()
         outputs = model.run(inputs)
+        seconds, rows = time.perf_counter() - started, len(next(iter(inputs.values())))
+        self.take_ahead.batch_ran(rows, seconds)
         if self.metrics is not None:
-            rows = len(next(iter(inputs.values())))
-            self.metrics.batch_done(name, rows, time.perf_counter() - started)
+            self.metrics.batch_done(name, rows, seconds)
         return postprocess(outputs, model.config.postprocess, model.signature.labels)
 
 

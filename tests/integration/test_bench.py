@@ -11,7 +11,7 @@ from pathlib import Path
 def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_path: Path) -> None:
     table, plot = tmp_path / "results.md", tmp_path / "benchmarks.png"
     done = subprocess.run(
-        [sys.executable, "-m", "inferfleet", "bench", "--models", "digits", "--scale", "0.005",
+        [sys.executable, "-m", "inferfleet", "bench", "--models", "digits,cnn", "--scale", "0.005",
          "--repeat", "1", "--markdown", str(table), "--plot", str(plot)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -20,8 +20,15 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
                      "fleet bulk (256/job)", "naive latency, 1 in flight",
                      "fleet latency, 1 in flight", "fleet load 400/s", "drain naive",
                      "drain fleet single-sample", "drain fleet bulk", "| submit alone |",
-                     "submit alone, WAIT 1 replica"):
+                     "submit alone, WAIT 1 replica", "transport ceiling (256/message)",
+                     "fleet as the README starts it: single-sample jobs",
+                     "fleet as the README starts it: bulk (256/job)", "| cnn | raw batch 8 |",
+                     "| cnn | fleet bulk (64/job) |", "transport ceiling (64/message)",
+                     "CPU us/sample: Redis | workers | producer"):
         assert scenario in text, scenario
     assert "light-load p50 fleet / naive" in text
+    for target in ("cnn: bulk / raw best batch", "digits: bulk / transport ceiling",
+                   "digits: single-sample jobs / naive", "digits: light-load p99 of the fleet"):
+        assert target in text, target
     assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
     assert plot.stat().st_size > 10_000

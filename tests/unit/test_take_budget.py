@@ -1,6 +1,6 @@
 """How many messages a worker takes: enough rows for its next batches, no more."""
 
-from inferfleet.worker.backlog import messages_to_take
+from inferfleet.worker.backlog import TakeAhead, messages_to_take
 
 
 def test_single_sample_jobs_are_limited_by_prefetch_not_by_rows() -> None:
@@ -17,3 +17,23 @@ def test_an_idle_worker_always_takes_at_least_one_job_however_big() -> None:
     assert messages_to_take(2048, rows_per_job=100_000, queued_rows=0, jobs_ahead=0) == 1
     assert messages_to_take(2048, rows_per_job=256, queued_rows=0, jobs_ahead=0) == 8
     assert messages_to_take(2048, rows_per_job=0.0, queued_rows=0, jobs_ahead=0) == 2048
+
+
+def test_a_worker_keeps_two_batches_ahead_until_it_has_measured_its_compute() -> None:
+    ahead = TakeAhead(max_batch_rows=1024)
+    assert ahead.rows == 2048
+    ahead.batch_ran(rows=1024, seconds=0.01)  # a fast model: 100k rows/s
+    assert ahead.rows == 2048  # two batches are less than 0.1 s of its compute
+
+
+def test_a_heavy_models_worker_keeps_no_more_than_a_tenth_of_a_second_ahead() -> None:
+    ahead = TakeAhead(max_batch_rows=1024)
+    ahead.batch_ran(rows=64, seconds=0.166)  # ~385 rows/s: the bench's image model
+    assert ahead.rows == 38
+    assert messages_to_take(ahead.rows, rows_per_job=64, queued_rows=0, jobs_ahead=0) == 1
+    assert messages_to_take(ahead.rows, rows_per_job=64, queued_rows=0, jobs_ahead=1) == 0
+    for _ in range(50):  # a moving average: it follows the model the worker now runs
+        ahead.batch_ran(rows=1024, seconds=0.02)
+    assert ahead.rows == 2048
+    ahead.batch_ran(rows=0, seconds=0.0)  # nothing measured: nothing changes
+    assert ahead.rows == 2048
