@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     MALFORMED_MESSAGE = "malformed_message"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
     EXPIRED = "expired"
+    REVOKED = "revoked"
 
 
 class InferfleetError(Exception):

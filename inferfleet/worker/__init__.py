@@ -1,8 +1,8 @@
 """The inferfleet worker: a Celery worker whose threads share one micro-batcher per model.
 
-Each job is its own Celery task (own events, own late ack, own result); the threads pool
-lets many jobs wait on the same batch at once, and ONNX Runtime releases the GIL while it
-computes.
+Each job is its own Celery task (own events, own late ack, own result), taken by the lean
+path (`intake`) without Celery's per-task Request and tracer; the threads pool lets many
+jobs wait on the same batch at once, and ONNX Runtime releases the GIL while it computes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import socket
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_shutdown
@@ -25,6 +24,12 @@ from inferfleet.liveness import TAKEN_AT
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
 from inferfleet.worker.consumer import CONSUMER_PATH
+from inferfleet.worker.intake import (
+    STRATEGY_PATH,
+    ResultNotStoredError,
+    install_revoke_command,
+    run_job,
+)
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.service import Delivery, InferenceService
 
@@ -50,28 +55,18 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
                                          "heartbeats": service.heartbeats,
                                          "job_began": service.job_began}
 
-    @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True)
+    @app.task(name=keys.TASK_NAME, bind=True, typing=False, ignore_result=True,
+              Strategy=STRATEGY_PATH)
     def predict(task: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        delivery = _delivery_of(task, args, kwargs)
+        # Run this way only when called in-process (`apply`): a worker's messages take
+        # the lean path (`intake.strategy`), which runs `run_job` in its pool itself.
         try:
-            try:
-                result = service.handle(delivery)
-            except redis.RedisError:
-                raise
-            except Exception as exc:  # every job must end: a bug still gets a result
-                logger.exception("job %s failed unexpectedly", delivery.job_id)
-                result = service.fail(delivery.job_id, kwargs, exc)
-        except redis.RedisError as exc:
-            # The result could not be stored: the message goes back to run again, never
-            # acked without a result (kombu restores it if even this cannot reach Redis).
-            logger.warning("job %s: Redis failed (%s); requeued", delivery.job_id, exc)
-            raise Reject(f"Redis failed: {exc}", requeue=True) from exc
-        if result is None:
-            return {"status": "not_held"}
-        failed = sum(status != "success" for status in result.sample_status)
-        return {"status": result.status.value, "samples": len(result.sample_ids),
-                "failed": failed}
+            return run_job(service, _delivery_of(task, args, kwargs))
+        except ResultNotStoredError as exc:
+            raise Reject(str(exc), requeue=True) from exc
 
+    predict.service = service  # type: ignore[attr-defined]  # what the strategy serves
+    install_revoke_command()
     return app, service
 
 

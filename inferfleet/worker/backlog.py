@@ -3,11 +3,10 @@ pay, and how many more messages the worker should take."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Hashable
+import threading
+from collections.abc import Callable, Hashable, Iterable
 
 import redis
-from celery.worker import state as worker_state
 
 from inferfleet import keys
 from inferfleet.worker.housekeeping import Housekeeping
@@ -15,8 +14,9 @@ from inferfleet.worker.housekeeping import Housekeeping
 
 class QueueBacklog:
     """How many jobs for a batch key's model are known to be coming: those this worker
-    has taken from Redis that no pool thread has begun (a take holds up to 16, prefetch
-    up to `prefetch_multiplier` x concurrency), and the messages still waiting in Redis.
+    has taken from Redis that no pool thread has begun (`taken_not_begun` of its queues:
+    a take holds up to 16, prefetch up to `prefetch_multiplier` x concurrency), and the
+    messages still waiting in Redis.
     The batcher's hint that holding a batch open will pay.
 
     Answered from memory, never with a round trip on the batch's path: a housekeeping duty
@@ -27,8 +27,10 @@ class QueueBacklog:
     REFRESH_S = 0.005
     DUTY = "queue-backlog"
 
-    def __init__(self, client: redis.Redis, housekeeping: Housekeeping) -> None:
+    def __init__(self, client: redis.Redis, housekeeping: Housekeeping, *,
+                 taken_not_begun: Callable[[Iterable[str]], int]) -> None:
         self.client = client
+        self._taken_not_begun = taken_not_begun
         self.housekeeping = housekeeping
         self._waiting: dict[str, int] = {}
         self._asked: set[str] = set()
@@ -38,7 +40,8 @@ class QueueBacklog:
         model = str(key[0])  # type: ignore[index]
         self._asked.add(model)
         self.housekeeping.ask(self.DUTY)
-        return self._waiting.get(model, 0) + _taken_not_begun(model)
+        return self._waiting.get(model, 0) + self._taken_not_begun(
+            (keys.model_queue(model), keys.DEFAULT_QUEUE))
 
     def refresh(self) -> None:
         """Read the queue lengths of the models asked about (0 for all if Redis fails:
@@ -56,23 +59,32 @@ class QueueBacklog:
             self._waiting = {}
 
 
-def _taken_not_begun(model: str) -> int:
-    """Jobs for `model` that Celery in this process has reserved but not yet handed to a
-    pool thread (it counts them itself, in `celery.worker.state`)."""
-    queues = (keys.model_queue(model), keys.DEFAULT_QUEUE)
-    active = worker_state.active_requests
-    # The consumer thread adds to the set meanwhile. It is a WeakSet, whose iteration runs
-    # Python code: list(reserved_requests) raised "Set changed size during iteration" in a
-    # bench run. Copying the builtin set of references under it is one step under the GIL.
-    reserved = worker_state.reserved_requests
-    if isinstance(reserved, weakref.WeakSet):
-        references = list(reserved.data)  # type: ignore[attr-defined]  # CPython's own
-        requests = [reference() for reference in references]
-    else:
-        requests = list(reserved)
-    return sum(1 for request in requests
-               if request is not None and request not in active
-               and (request.delivery_info or {}).get("routing_key") in queues)
+class TakenJobs:
+    """How many jobs of each queue this process took that no pool thread has begun: the
+    backlog the batcher waits for and the take budget counts. Safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_begun: dict[str, int] = {}
+
+    def taken(self, queue: str) -> None:
+        with self._lock:
+            self._not_begun[queue] = self._not_begun.get(queue, 0) + 1
+
+    def began(self, queue: str) -> None:
+        with self._lock:
+            left = self._not_begun.get(queue, 0) - 1
+            if left > 0:
+                self._not_begun[queue] = left
+            else:
+                self._not_begun.pop(queue, None)
+
+    def not_begun(self, queues: Iterable[str] | None = None) -> int:
+        """Of `queues` (all of them when None)."""
+        counts = dict(self._not_begun)  # one step under the GIL: threads change it meanwhile
+        if queues is None:
+            return sum(counts.values())
+        return sum(counts.get(queue, 0) for queue in queues)
 
 
 class TakeAhead:

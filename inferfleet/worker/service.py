@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy.typing as npt
 import redis
-from celery.worker import state as worker_state
 
 from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
@@ -33,7 +32,7 @@ from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob
-from inferfleet.worker.backlog import QueueBacklog, TakeAhead, messages_to_take
+from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
     checked_request,
@@ -117,12 +116,15 @@ class InferenceService:
         schedule_upkeep(self.housekeeping, client=client, ledger=self.ledger,
                         heartbeats=self.heartbeats, settings=settings)
         self.running = RunningMarks(self.ledger, self.housekeeping)
+        #: Jobs this process took that no pool thread has begun (the lean path counts).
+        self.taken = TakenJobs()
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process(),
                               providers=settings.provider_list(), on_load=self._publish)
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
                                     max_wait_ms=settings.max_wait_ms,
-                                    backlog=QueueBacklog(client, self.housekeeping),
+                                    backlog=QueueBacklog(client, self.housekeeping,
+                                                         taken_not_begun=self.taken.not_begun),
                                     name=f"b{os.getpid()}")
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
@@ -156,11 +158,10 @@ class InferenceService:
         196 jobs and ran 650 ms after the other went idle (bulk run, two workers). An idle
         worker always wants one.
         """
-        not_begun = max(0, len(worker_state.reserved_requests) -
-                        len(worker_state.active_requests))
         return messages_to_take(self.take_ahead.rows, rows_per_job=self._rows_per_job,
                                 queued_rows=self.batcher.queued_rows,
-                                jobs_ahead=self.batcher.arriving_jobs + not_begun)
+                                jobs_ahead=self.batcher.arriving_jobs +
+                                self.taken.not_begun())
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model (a first run included) and publish its signature; the names
@@ -261,6 +262,17 @@ class InferenceService:
                                 error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message))
         self._store(result, kwargs)
         return result
+
+    def revoke(self, delivery: Delivery) -> None:
+        """End a job revoked before it ran (`celery control revoke`): `failed` with code
+        `revoked`, never computed; a result stored already is kept.
+
+        Raises:
+            redis.RedisError: if the result cannot be stored.
+        """
+        logger.info("job %s was revoked; not run", delivery.job_id)
+        self._store(self._failed(delivery.job_id, delivery.kwargs, ErrorCode.REVOKED,
+                                 "revoked before a worker ran it"), delivery.kwargs)
 
     def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int) -> WireResult:
         reason = (f"delivered {deliveries} times without finishing (max_deliveries="

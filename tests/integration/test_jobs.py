@@ -154,6 +154,22 @@ def test_a_request_off_the_wire_schema_ends_failed_not_lost(settings: Settings,
     assert second.status == "failed" and second.error.code == ErrorCode.BAD_REQUEST
 
 
+def test_a_job_revoked_before_it_runs_ends_failed_revoked_and_is_not_computed(
+        settings: Settings, client: Client) -> None:
+    celery = plain_celery(settings)
+    job_id = str(uuid.uuid4())
+    replies = celery.control.revoke(job_id, reply=True, timeout=5)
+    assert replies, "no worker answered the revoke"
+    encoded = encode_array(np.zeros((3, 64), np.float32))
+    celery.send_task(keys.TASK_NAME, task_id=job_id, queue=keys.model_queue("digits"),
+                     kwargs=wire_kwargs("digits", encoded))
+    result = client.result(job_id, timeout=30)
+    assert result.status == "failed"
+    assert result.error is not None and result.error.code == ErrorCode.REVOKED
+    assert [s.status for s in result.samples] == ["failure"] * 3
+    assert result.batch_ids == []  # never joined a batch
+
+
 def test_a_plain_celery_client_gets_the_same_result_as_client(settings: Settings,
                                                               client: Client,
                                                               models_dir: Path) -> None:
