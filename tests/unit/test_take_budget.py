@@ -1,6 +1,8 @@
 """How many messages a worker takes: enough rows for its next batches, no more."""
 
-from inferfleet.worker.backlog import TakeAhead, messages_to_take
+import threading
+
+from inferfleet.worker.backlog import TakeAhead, TakenJobs, messages_to_take
 
 
 def test_single_sample_jobs_are_limited_by_prefetch_not_by_rows() -> None:
@@ -37,3 +39,20 @@ def test_a_heavy_models_worker_keeps_no_more_than_a_tenth_of_a_second_ahead() ->
     assert ahead.rows == 2048
     ahead.batch_ran(rows=0, seconds=0.0)  # nothing measured: nothing changes
     assert ahead.rows == 2048
+
+
+def test_jobs_taken_and_not_begun_are_counted_per_queue_from_any_thread() -> None:
+    taken = TakenJobs()
+    threads = [threading.Thread(target=lambda q=q: [taken.taken(q) for _ in range(1000)])
+               for q in ("inferfleet.a", "inferfleet.b", "inferfleet.a")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert taken.not_begun(["inferfleet.a"]) == 2000
+    assert taken.not_begun() == 3000
+    for _ in range(1000):
+        taken.began("inferfleet.b")
+    taken.began("inferfleet.b")  # a begin without its take never counts below zero
+    assert taken.not_begun(["inferfleet.b", "inferfleet"]) == 0
+    assert taken.not_begun() == 2000
