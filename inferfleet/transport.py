@@ -272,11 +272,15 @@ class Channel(kombu_redis.Channel):
             except (redis.RedisError, OSError):  # closing anyway: kombu's close must run
                 logger.warning("could not send %d ack(s) at close; their messages come "
                                "back and are acked without running again", len(commands[0]) - 2)
-        super().close()
-        if self.heartbeats is not None and self.holder_id is not None:
-            # No more beats: whatever kombu's close could not put back is given back by
-            # the fleet once the beat lapses.
-            self.heartbeats.discard(self.holder_id)
+        try:
+            super().close()
+        finally:
+            # No more beats, even when kombu's close raised (its restore could not reach
+            # Redis): whatever it could not put back is given back by the fleet once the
+            # beat lapses. A holder still beating would keep them until the visibility
+            # timeout (seen in the failover drill: a job stuck past its test's wait).
+            if self.heartbeats is not None and self.holder_id is not None:
+                self.heartbeats.discard(self.holder_id)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -20,7 +20,6 @@ from celery.signals import setup_logging, worker_shutdown
 from inferfleet import keys, logs
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
-from inferfleet.liveness import TAKEN_AT
 from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
 from inferfleet.worker.consumer import CONSUMER_PATH
@@ -73,13 +72,9 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
 def _delivery_of(task: Task[Any, Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Delivery:
     request = task.request
-    properties = getattr(request, "properties", None) or {}
-    taken_at = properties.get(TAKEN_AT)
-    tag = properties.get("delivery_tag")
-    return Delivery(job_id=str(request.id), kwargs=kwargs, positional_args=len(args),
-                    redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                    taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
-                    tag=tag if isinstance(tag, str) else None)
+    return Delivery.of(str(request.id), args, kwargs,
+                       properties=getattr(request, "properties", None) or {},
+                       delivery_info=request.delivery_info)
 
 
 def run_worker(settings: Settings, *, models: list[str] | None = None,

@@ -13,7 +13,7 @@ Celery life that users and Flower see:
   reads (`task-rejected` when Redis fails and it goes back to its queue);
 - its ack, through the consumer's ack promise, only after its result is stored;
 - a revoked job is not run: it ends `failed` with `revoked` and a `task-revoked` event
-  (`revoke_command`: Celery's own would store a result of its own format there first);
+  (`install_revoke_command`: Celery's own would store a result of its own format there first);
 - a warm shutdown waits for the jobs running and gives back those not begun, as the pool
   does for any task (`restore_unacked` puts those back without counting a delivery).
 
@@ -37,7 +37,6 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok  # type: ignore[attr-defined]
 
 from inferfleet import keys
-from inferfleet.liveness import TAKEN_AT
 from inferfleet.worker.service import Delivery, InferenceService
 
 logger = logging.getLogger(__name__)
@@ -66,15 +65,9 @@ class TakenMessage:
     def of(cls, message: Any) -> TakenMessage:
         headers = message.headers
         args, kwargs, _embed = message.decode()  # decoded once at admission, then cached
-        properties = message.properties
         info = message.delivery_info or {}
-        taken_at = properties.get(TAKEN_AT)
-        tag = properties.get("delivery_tag")
-        delivery = Delivery(
-            job_id=str(headers["id"]), kwargs=kwargs if isinstance(kwargs, dict) else {},
-            positional_args=len(args), redelivered=bool(info.get("redelivered")),
-            taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
-            tag=tag if isinstance(tag, str) else None)
+        delivery = Delivery.of(str(headers["id"]), args, kwargs,
+                               properties=message.properties, delivery_info=info)
         return cls(delivery, str(info.get("routing_key") or ""), headers)
 
     def received_event(self) -> dict[str, Any]:
@@ -90,8 +83,8 @@ def run_job(service: InferenceService, delivery: Delivery) -> Summary:
     """Run one job to its stored result; its summary (the task's return value).
 
     Raises:
-        ResultNotStoredError: if the result could not be stored: the message must go back to run
-            again, never acked without a result.
+        ResultNotStoredError: if the result could not be stored: the message must go
+            back to run again, never acked without a result.
     """
     try:
         try:

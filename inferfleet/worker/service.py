@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
-from inferfleet.liveness import Heartbeats
+from inferfleet.liveness import TAKEN_AT, Heartbeats
 from inferfleet.logs import job_context
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
@@ -90,6 +90,20 @@ class Delivery:
     taken_at: float | None = None
     #: The transport's delivery tag (None when not run through a worker's transport).
     tag: str | None = None
+
+    @classmethod
+    def of(cls, job_id: str, args: Sequence[Any], kwargs: object, *,
+           properties: Mapping[str, Any], delivery_info: Mapping[str, Any] | None
+           ) -> Delivery:
+        """The delivery a message's fields describe (the take's properties carry its
+        delivery tag and first-taken time; kombu's delivery info, the redelivered flag)."""
+        taken_at = properties.get(TAKEN_AT)
+        tag = properties.get("delivery_tag")
+        return cls(job_id=job_id, kwargs=kwargs if isinstance(kwargs, dict) else {},
+                   positional_args=len(args),
+                   redelivered=bool((delivery_info or {}).get("redelivered")),
+                   taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
+                   tag=tag if isinstance(tag, str) else None)
 
 
 @dataclass

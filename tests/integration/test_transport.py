@@ -4,14 +4,17 @@ acks go to Redis with the next take, or at close, never lost."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from inferfleet import keys
 from inferfleet.embedded import EmbeddedRedis
+from inferfleet.liveness import Heartbeats
 from inferfleet.transport import TRANSPORT_PATH
 
 QUEUE = Queue("transport-test", Exchange("transport-test", type="direct"),
@@ -142,3 +145,27 @@ def test_an_unacked_record_of_a_malformed_message_is_dead_lettered_not_restored(
     assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
     assert client.llen(QUEUE.name) == 0
     assert b"could not read" in client.lindex(keys.DEAD_LETTERS, 0)
+
+
+def test_a_channel_closed_while_redis_is_down_stops_beating_for_its_holder(
+        tmp_path: Path) -> None:
+    # Its close cannot put back what it holds; unless its beats stop, the fleet never
+    # gives those messages back (seen in the failover drill: a job stuck for good).
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False).start()
+    heartbeats = Heartbeats()
+    connection = Connection(server.url, transport=TRANSPORT_PATH,
+                            transport_options={"heartbeats": heartbeats})
+    try:
+        _publish(connection, 2)
+        with _consuming(connection, prefetch=10) as received:
+            _drain_once(connection, received)
+            tag = received[0].delivery_tag
+            assert heartbeats.holds(tag)
+            server.stop()
+            with contextlib.suppress(Exception):  # its restore cannot reach Redis
+                connection.default_channel.close()
+        assert not heartbeats.holds(tag)
+    finally:
+        server.stop()
+        with contextlib.suppress(Exception):
+            connection.release()
