@@ -124,6 +124,9 @@ def _operations_commands(sub: Subparsers) -> None:
     models.add_argument("--name", help="add: the model's name (an existing one: a new version)")
     models.add_argument("--version", help="add: its version (default: the current one + 1)")
     models.add_argument("--description", help="add: a line about it")
+    models.add_argument("--fresh-config", action="store_true",
+                        help="add: do not keep the current version's config (labels, "
+                             "postprocess, ...)")
     models.set_defaults(run=_models)
 
     bench = sub.add_parser("bench", help="throughput and latency: raw ONNX Runtime, a "
@@ -293,10 +296,19 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "add":
         if args.file is None or not args.name:
             raise BadArgumentError("models add needs a FILE and --name")
+        from inferfleet.models.adding import kept_config_file
+
+        folder = settings.models_dir / args.name
+        kept = None if args.fresh_config or not folder.is_dir() else kept_config_file(folder)
         model = add_model(settings.models_dir, args.file, args.name, version=args.version,
-                          description=args.description)
-        print(f"added {args.name} version {model.signature.version}; running workers load "
-              "it within a second or two")
+                          description=args.description, fresh_config=args.fresh_config)
+        sig = model.signature
+        print(f"added {args.name} version {sig.version}: inputs {_tensors(sig.inputs)}, "
+              f"outputs {_tensors(sig.outputs)}"
+              + (f", classes {sig.labels}" if sig.labels else "")
+              + (f"; kept the config of the version before ({kept.name})" if kept else ""))
+        print("workers serving every model (started without --models) load it and take its "
+              "jobs within a few seconds, without a restart")
         return 0
     registry = Registry(settings.models_dir)
     for name in registry.names():

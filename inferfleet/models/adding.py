@@ -16,22 +16,25 @@ import uuid
 from pathlib import Path
 
 from inferfleet.errors import BadArgumentError, InferfleetError, ModelLoadError
-from inferfleet.models.config import ModelConfig, read_config
+from inferfleet.models.config import CONFIG_NAMES, ModelConfig, read_config
 from inferfleet.models.registry import MODEL_FILE, ModelEntry
 from inferfleet.models.runtime import OnnxModel, zeros_for
 from inferfleet.schemas import MODEL_NAME_PATTERN
 
 
 def add_model(models_dir: Path, source: Path, name: str, *, version: str | None = None,
-              description: str | None = None) -> OnnxModel:
+              description: str | None = None, fresh_config: bool = False) -> OnnxModel:
     """Install `source` as model `name` (a new model, or the next version of one).
 
     The version is `version`, else the current one plus one when it is a number, else 1.
-    The current config (labels, postprocess, ...) is kept, and must suit the new graph.
+    The current config (labels, postprocess, ...) is kept unless `fresh_config`, and must
+    suit the new graph: a kept config that names outputs the graph lacks, or a
+    postprocess source that is no score output, refuses the add.
 
     Raises:
         BadArgumentError: for a bad name or a missing source file.
-        ModelLoadError: if the file does not load or run (nothing is changed).
+        ModelLoadError: if the file does not load or run, or does not suit the kept
+            config (nothing is changed).
     """
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise BadArgumentError(f"model name {name!r} must match {MODEL_NAME_PATTERN}")
@@ -39,7 +42,8 @@ def add_model(models_dir: Path, source: Path, name: str, *, version: str | None 
         raise BadArgumentError(f"{source} is not a file")
     folder = models_dir.resolve() / name
     current = read_config(folder) if folder.is_dir() else ModelConfig()
-    config = current.model_copy(update={
+    keeps_config = not fresh_config and kept_config_file(folder) is not None
+    config = (ModelConfig() if fresh_config else current).model_copy(update={
         "version": version or _next_version(current.version if folder.is_dir() else None),
         "metrics": {},  # measured on an earlier graph, if any: not on this one
         **({"description": description} if description is not None else {})})
@@ -48,7 +52,15 @@ def add_model(models_dir: Path, source: Path, name: str, *, version: str | None 
     try:
         shutil.copyfile(source, stage / MODEL_FILE)
         _write_config(stage, config)
-        model = _checked(ModelEntry(name=name, folder=stage, config=config))
+        try:
+            model = _checked(ModelEntry(name=name, folder=stage, config=config))
+        except ModelLoadError as exc:
+            if not keeps_config:
+                raise
+            raise ModelLoadError(
+                f"{exc}. That config is {name}'s current one, kept for the new version: "
+                f"edit {kept_config_file(folder)} to suit the new graph, or add with "
+                "--fresh-config to start the new version without it") from exc
         folder.mkdir(exist_ok=True)
         (folder / "config.toml").unlink(missing_ok=True)  # one config: the new JSON one
         (stage / "config.json").replace(folder / "config.json")
@@ -56,6 +68,11 @@ def add_model(models_dir: Path, source: Path, name: str, *, version: str | None 
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return model
+
+
+def kept_config_file(folder: Path) -> Path | None:
+    """The config file a new version of the model in `folder` would keep, if any."""
+    return next((folder / n for n in CONFIG_NAMES if (folder / n).is_file()), None)
 
 
 def _checked(entry: ModelEntry) -> OnnxModel:

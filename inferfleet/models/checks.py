@@ -15,8 +15,9 @@ from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_e
 from inferfleet.errors import ModelLoadError
 
 
-def check_external_data(model_path: Path, *, name: str) -> None:
-    """Refuse a model whose external data lies outside its folder, or is missing.
+def check_external_data(model_path: Path, *, name: str) -> onnx.ModelProto:
+    """The model's graph (without its external data), once its external data was found
+    inside its folder.
 
     Raises:
         ModelLoadError: naming the tensor and the location.
@@ -39,3 +40,9 @@ def check_external_data(model_path: Path, *, name: str) -> None:
         if not resolved.is_file():
             raise ModelLoadError(f"model {name!r}: tensor {tensor.name!r} keeps its data in "
                                  f"{location!r}, which does not exist")
+    return model
+
+
+def uses_external_data_anywhere(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the graph keeps its data in a file of its own."""
+    return any(uses_external_data(tensor) for tensor in _get_all_tensors(model))

@@ -68,6 +68,9 @@ class ModelSignature(BaseModel):
     fixed_batch_size: int | None = None
     labels: list[str] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    #: The output holding per-class scores (the postprocess source), one column per
+    #: label; None when the model gives no class scores.
+    scores: str | None = None
     #: ONNX Runtime execution providers the serving worker uses, best first.
     providers: list[str] = Field(default_factory=list)
 

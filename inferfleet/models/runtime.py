@@ -15,8 +15,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from inferfleet.errors import ConfigurationError, ModelLoadError
-from inferfleet.models.checks import check_external_data
-from inferfleet.models.config import ModelSignature, TensorSpec
+from inferfleet.models.checks import check_external_data, uses_external_data_anywhere
+from inferfleet.models.classifier import unzip_probabilities
+from inferfleet.models.config import ModelSignature, PostprocessConfig, TensorSpec
 from inferfleet.models.registry import ModelEntry, signature_with_config
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ _ONNX_DTYPES = {
     "tensor(string)": "str",
 }
 
+
+#: Output dtypes a postprocess can read as scores.
+_SCORE_DTYPES = {"float16", "float32", "float64"}
 
 #: What a worker asks for when the settings name no providers.
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -74,12 +78,17 @@ class OnnxModel:
         # The cores are shared with Redis and Celery's consumer thread: spinning
         # intra-op threads would steal their time between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        check_external_data(entry.path, name=entry.name)
+        graph = check_external_data(entry.path, name=entry.name)
         self.config = entry.config
+        # A classifier exported with skl2onnx's default ZipMap is served with tensor
+        # probabilities (see classifier.py); not one that keeps external data, whose
+        # graph must be read from its file.
+        unzipped = None if uses_external_data_anywhere(graph) else unzip_probabilities(graph)
         chosen = choose_providers(providers)
         try:
             self.session = ort.InferenceSession(
-                str(entry.path), sess_options=options, providers=chosen)
+                unzipped.graph if unzipped else str(entry.path), sess_options=options,
+                providers=chosen)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"cannot load model {entry.name!r}: {exc}") from exc
         self.providers: list[str] = self.session.get_providers()
@@ -87,8 +96,19 @@ class OnnxModel:
             level = logging.WARNING if chosen != [CPU] else logging.INFO
             logger.log(level, "model %s runs on CPU (asked for %s; onnxruntime %s has %s)",
                        entry.name, chosen, ort.__version__, ort.get_available_providers())
-        self.signature = signature_with_config(self._onnx_signature(entry), entry.config)
-        self.output_names = self._output_names(entry)
+        graph_signature = self._onnx_signature(entry)
+        _check_config_inputs(entry, graph_signature)
+        signature = signature_with_config(graph_signature, entry.config)
+        if unzipped is not None and signature.labels is None:
+            signature = signature.model_copy(update={"labels": unzipped.labels})
+        #: Turns a score output into label and score: the config's, else a classifier's
+        #: probabilities.
+        self.postprocess = entry.config.postprocess or (
+            PostprocessConfig(source=unzipped.probabilities) if unzipped else None)
+        self.output_names = self._output_names(entry, signature)
+        self.signature = signature.model_copy(update={
+            "scores": self.postprocess.source if self.postprocess else None})
+        self._check_postprocess(entry)
 
     def _onnx_signature(self, entry: ModelEntry) -> ModelSignature:
         inputs = [_tensor_spec(arg) for arg in self.session.get_inputs()]
@@ -98,14 +118,35 @@ class OnnxModel:
         return ModelSignature(name=entry.name, version="1", inputs=inputs, outputs=outputs,
                               fixed_batch_size=fixed)
 
-    def _output_names(self, entry: ModelEntry) -> list[str]:
-        known = [spec.name for spec in self.signature.outputs]
+    def _output_names(self, entry: ModelEntry, signature: ModelSignature) -> list[str]:
+        known = [spec.name for spec in signature.outputs]
         chosen = entry.config.outputs or known
         missing = sorted(set(chosen) - set(known))
         if missing:
             raise ModelLoadError(f"model {entry.name!r} config names outputs {missing} that "
                                  f"the graph lacks; it has {known}")
         return chosen
+
+    def _check_postprocess(self, entry: ModelEntry) -> None:
+        """Raises: ModelLoadError: if the postprocess source cannot give label and score."""
+        if self.postprocess is None:
+            return
+        source = self.postprocess.source
+        specs = {spec.name: spec for spec in self.signature.outputs}
+        where = f"model {entry.name!r} config: postprocess source {source!r}"
+        if source not in self.output_names:
+            raise ModelLoadError(f"{where} is not among the outputs served, "
+                                 f"{self.output_names}; name one of them")
+        spec = specs[source]
+        if spec.dtype not in _SCORE_DTYPES or len(spec.shape) != 1:
+            raise ModelLoadError(
+                f"{where} must be a 2-D score output (samples, classes) of floats, but it "
+                f"is {spec.dtype} with per-sample shape {spec.shape}; name another output, "
+                "or remove postprocess from the config")
+        labels, classes = self.signature.labels, spec.shape[0]
+        if labels is not None and classes is not None and len(labels) != classes:
+            raise ModelLoadError(f"model {entry.name!r} config gives {len(labels)} labels "
+                                 f"for the {classes} classes of output {source!r}")
 
     def run(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Column]:
         """Outputs for a batch: every column has one row per input row.
@@ -132,6 +173,15 @@ class OnnxModel:
                  if pad else x[start:stop] for name, x in inputs.items()}
         out = self._run_once(chunk)
         return {name: column[: stop - start] for name, column in out.items()}
+
+
+def _check_config_inputs(entry: ModelEntry, signature: ModelSignature) -> None:
+    """Raises: ModelLoadError: if the config states inputs the graph does not have."""
+    known = [spec.name for spec in signature.inputs]
+    unknown = sorted(set(entry.config.inputs) - set(known))
+    if unknown:
+        raise ModelLoadError(f"model {entry.name!r} config states inputs {unknown} that the "
+                             f"graph lacks; its inputs are {known}")
 
 
 def _tensor_spec(arg: Any) -> TensorSpec:

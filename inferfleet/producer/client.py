@@ -145,8 +145,8 @@ class Client:
             return cached[1]
         raw = self.redis.hget(keys.MODELS_HASH, model)
         if raw is None:
-            raise UnknownModelError(model, "no worker has published it; start a worker that "
-                                           "serves it, or submit with validate=False")
+            raise UnknownModelError(model, core.not_served_reason(self.redis.hkeys(
+                keys.MODELS_HASH)))
         signature = ModelSignature.model_validate_json(raw)
         self._signatures[model] = (time.monotonic(), signature)
         return signature

@@ -11,7 +11,7 @@ expiry, raw redis errors, a fixed one-second block.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -164,3 +164,12 @@ def result(job_id: str, *, timeout_s: float, deadline_at: float | None,
         _, raw = yield [("BLPOP", keys.doorbell(job_id), min(remaining, block_s(settings))),
                         ("GET", keys.result(job_id))]
     return JobResult.from_wire(payload_of(raw))
+
+
+def not_served_reason(published: Iterable[bytes | str]) -> str:
+    """Why `submit` refuses a model no worker has published, and what to do about it."""
+    served = sorted(redis_text(name) for name in published)
+    listed = ", ".join(served) if served else "none (is a worker running on this Redis?)"
+    return (f"no worker serves it. Models served now: {listed}. Check the name; a model "
+            "added with `inferfleet models add` is served within seconds by workers "
+            "started without --models, else start `inferfleet worker --models NAME`")

@@ -20,9 +20,9 @@ from celery.signals import setup_logging, worker_shutdown
 from inferfleet import keys, logs
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
-from inferfleet.models.registry import Registry
 from inferfleet.settings import Settings
 from inferfleet.worker.consumer import CONSUMER_PATH
+from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.intake import (
     STRATEGY_PATH,
     ResultNotStoredError,
@@ -89,8 +89,12 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
         logs.configure(loglevel, json_lines=settings.log_format == "json")
 
     logs.configure(loglevel, json_lines=settings.log_format == "json")
-    names = models or Registry(settings.models_dir).names()
+    names = models or service.pool.registry.names()
     served = service.warm_up(names)
+    if models is None:  # every model in the folder: also those added from now on
+        service.discovery = ModelDiscovery(service.pool.registry, served, service.warm_up)
+        service.housekeeping.every(ModelDiscovery.CHECK_S, service.discovery.check,
+                                   name="model discovery")
     if settings.metrics_port:
         service.metrics = WorkerMetrics(service.client, served)
         service.metrics.serve(settings.metrics_port)

@@ -112,6 +112,7 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
     """Celery's `Task.Strategy` for `inferfleet.predict`: the consumer calls the handler
     it returns for every message of the task, in its event loop's thread."""
     service: InferenceService = task.service  # type: ignore[attr-defined]  # set at creation
+    service.consumer_started(consumer)
     taken = service.taken
     pool = consumer.pool
     errors = tuple(consumer.connection_errors)

@@ -33,6 +33,7 @@ from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, Wir
 from inferfleet.settings import Settings
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
+from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
     checked_request,
@@ -144,6 +145,8 @@ class InferenceService:
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
         self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
+        #: Serves models added to the folder later; set by a worker serving every model.
+        self.discovery: ModelDiscovery | None = None
         #: Rows this process keeps ahead of its batcher: enough for the next batches,
         #: no more.
         self.take_ahead = TakeAhead(settings.max_batch_rows)
@@ -153,6 +156,11 @@ class InferenceService:
         """Start the background duties (heartbeats first: a channel takes nothing until
         its holder is registered, which its first take does)."""
         self.housekeeping.start()
+
+    def consumer_started(self, consumer: Any) -> None:
+        """Celery's consumer (re)started task handling: the one to add queues to."""
+        if self.discovery is not None:
+            self.discovery.attach(consumer)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the background duties, waiting up to `timeout_s` for the one running."""
@@ -188,7 +196,7 @@ class InferenceService:
                 logger.error("not serving model %s: %s", name, exc)
                 continue
             served.append(name)
-        logger.info("serving models %s", served)
+        logger.info("models %s loaded and warmed up", served)
         return served
 
     def _publish(self, model: OnnxModel) -> None:
@@ -410,7 +418,7 @@ class InferenceService:
         self.take_ahead.batch_ran(rows, seconds)
         if self.metrics is not None:
             self.metrics.batch_done(name, rows, seconds)
-        return postprocess(outputs, model.config.postprocess, model.signature.labels)
+        return postprocess(outputs, model.postprocess, model.signature.labels)
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

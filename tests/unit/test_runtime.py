@@ -27,11 +27,56 @@ def test_a_bare_model_is_served_from_its_onnx_signature_alone(models_dir: Path) 
     assert model.output_names == ["label", "probabilities"]
 
 
-def test_zipmap_outputs_come_back_as_one_dict_per_sample(models_dir: Path) -> None:
-    out = load(models_dir, "iris_zipmap").run({"X": np.ones((2, 4), np.float32)})
-    assert isinstance(out["output_probability"], list)
-    assert len(out["output_probability"]) == 2
-    assert set(out["output_probability"][0]) == {0, 1, 2}
+def test_a_zipmap_classifier_gives_probabilities_as_an_array_with_label_and_score(
+        models_dir: Path) -> None:
+    model = load(models_dir, "iris_zipmap")
+    x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3]],
+                 np.float32)
+    out = postprocess(model.run({"X": x}), model.postprocess, model.signature.labels)
+    # What the export gives unchanged: one {class: probability} dict per sample.
+    session = ort.InferenceSession(str(models_dir / "iris_zipmap" / "model.onnx"))
+    labels, maps = session.run(None, {"X": x})
+    expected = np.array([[row[k] for k in (0, 1, 2)] for row in maps], np.float32)
+    np.testing.assert_allclose(out["output_probability"], expected, rtol=1e-6)
+    assert model.signature.labels == ["0", "1", "2"]
+    assert model.signature.scores == "output_probability"
+    assert out["label"] == [str(label) for label in labels]
+    np.testing.assert_allclose(out["score"], expected.max(axis=1), rtol=1e-6)
+
+
+def test_string_class_labels_of_a_zipmap_export_become_the_labels(tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
+    classifier = LogisticRegression().fit(x, ["low", "low", "high", "high"])
+    (tmp_path / "grades").mkdir()
+    (tmp_path / "grades" / "model.onnx").write_bytes(
+        to_onnx(classifier, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
+    model = load(tmp_path, "grades")
+    out = postprocess(model.run({"X": x}), model.postprocess, model.signature.labels)
+    assert model.signature.labels == ["high", "low"]  # the classifier's classes_, sorted
+    assert out["label"] == list(classifier.predict(x))
+
+
+@pytest.mark.parametrize(("config", "refusal"), [
+    ({"postprocess": {"source": "output_label"}}, "must be a 2-D score output"),
+    ({"postprocess": {"source": "nope"}}, "is not among the outputs served"),
+    ({"outputs": ["output_label"], "postprocess": {"source": "output_probability"}},
+     "is not among the outputs served"),
+    ({"labels": ["a", "b"]}, "gives 2 labels for the 3 classes"),
+])
+def test_a_postprocess_that_cannot_work_is_refused_at_load(
+        models_dir: Path, tmp_path: Path, config: dict[str, object], refusal: str) -> None:
+    import json
+    import shutil
+
+    from inferfleet.errors import ModelLoadError
+
+    shutil.copytree(models_dir / "iris_zipmap", tmp_path / "iris")
+    (tmp_path / "iris" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=refusal):
+        load(tmp_path, "iris")
 
 
 def test_postprocess_matches_argmax_of_in_process_onnx_runtime(models_dir: Path) -> None:
@@ -108,3 +153,15 @@ def test_execution_providers_fall_back_to_cpu_with_a_warning_naming_what_is_miss
     assert "TensorrtExecutionProvider" in caplog.text and "onnxruntime-gpu" in caplog.text
     with pytest.raises(ConfigurationError, match="unknown providers \\['CUDAProvider'\\]"):
         choose_providers(["CUDAProvider"])
+
+
+def test_a_config_stating_inputs_the_graph_lacks_is_refused(models_dir: Path,
+                                                            tmp_path: Path) -> None:
+    import shutil
+
+    from inferfleet.errors import ModelLoadError
+
+    shutil.copytree(models_dir / "iris_zipmap", tmp_path / "iris")
+    (tmp_path / "iris" / "config.json").write_text('{"inputs": {"pixels": {"shape": [64]}}}')
+    with pytest.raises(ModelLoadError, match=r"states inputs \['pixels'\] that the graph lacks"):
+        load(tmp_path, "iris")
