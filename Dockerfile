@@ -3,7 +3,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY inferfleet ./inferfleet
-RUN pip install --no-cache-dir .
+# files: CSV and Parquet for `inferfleet submit`; frames: DataFrames in the client.
+RUN pip install --no-cache-dir '.[files,frames]'
 # Models are mounted read-only at /models (see docker-compose.yml).
 ENV INFERFLEET_MODELS_DIR=/models
 USER nobody

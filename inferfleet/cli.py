@@ -103,6 +103,8 @@ def _job_commands(sub: Subparsers) -> None:
     watch.add_argument("session")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     watch.add_argument("--timeout", type=float, default=3600.0)
+    watch.add_argument("--wait-for-start", type=float, default=0.0, metavar="S",
+                       help="wait this long for a session nothing was submitted to yet")
     watch.set_defaults(run=_watch)
 
     status = sub.add_parser("status", help="print one job's state (and result when done)")
@@ -124,6 +126,8 @@ def _operations_commands(sub: Subparsers) -> None:
     models.add_argument("--name", help="add: the model's name (an existing one: a new version)")
     models.add_argument("--version", help="add: its version (default: the current one + 1)")
     models.add_argument("--description", help="add: a line about it")
+    models.add_argument("--features", help="add: the column names of a one-input model's "
+                                           "features, comma-separated, in its order")
     models.add_argument("--fresh-config", action="store_true",
                         help="add: do not keep the current version's config (labels, "
                              "postprocess, ...)")
@@ -231,7 +235,8 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from inferfleet.watch import watch
 
     with Client(settings=settings) as client:
-        return watch(client, args.session, interval_s=args.interval, timeout_s=args.timeout)
+        return watch(client, args.session, interval_s=args.interval, timeout_s=args.timeout,
+                     wait_for_start_s=args.wait_for_start)
 
 
 def _dead(args: argparse.Namespace, settings: Settings) -> int:
@@ -255,7 +260,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     with Client(settings=settings) as client:
         state = client.status(args.job_id)
         print(state)
-        if state not in ("queued", "running", "unknown"):
+        if state == "unknown":
+            print(f"no job {args.job_id!r} on {mask_url(settings.redis_url)}: never "
+                  "submitted, or its record expired (result_ttl_s="
+                  f"{settings.result_ttl_s:.0f} s)", file=sys.stderr)
+            return 1
+        if state not in ("queued", "running"):
             result = client.result(args.job_id, timeout=5)
             counts: dict[str, int] = {}
             for sample in result.samples:
@@ -301,11 +311,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
         folder = settings.models_dir / args.name
         kept = None if args.fresh_config or not folder.is_dir() else kept_config_file(folder)
         model = add_model(settings.models_dir, args.file, args.name, version=args.version,
-                          description=args.description, fresh_config=args.fresh_config)
+                          description=args.description, fresh_config=args.fresh_config,
+                          features=args.features.split(",") if args.features else None)
         sig = model.signature
         print(f"added {args.name} version {sig.version}: inputs {_tensors(sig.inputs)}, "
               f"outputs {_tensors(sig.outputs)}"
               + (f", classes {sig.labels}" if sig.labels else "")
+              + (f", features {sig.features}" if sig.features else "")
               + (f"; kept the config of the version before ({kept.name})" if kept else ""))
         print("workers serving every model (started without --models) load it and take its "
               "jobs within a few seconds, without a restart")

@@ -8,6 +8,7 @@ id and the reason. Results come out in input order, in the input's format.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -18,12 +19,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inferfleet.errors import BadArgumentError, ErrorCode
+from inferfleet.errors import BadArgumentError
+from inferfleet.features import feature_layout
 from inferfleet.files import ResultRows, ResultWriter, RowBatch, count_rows, file_format, read_rows
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import Client, Job
 from inferfleet.schemas import JobResult
-from inferfleet.validation import Limits, validate
 
 Progress = Callable[[int, int, int], None]
 
@@ -63,6 +64,7 @@ class FileReport:
     out: Path
     model: str
     rows: int = 0
+    total: int = 0  # rows in the file
     by_status: Counter[str] = field(default_factory=Counter)
     scores: ScoreHistogram = field(default_factory=ScoreHistogram)
     seconds: float = 0.0
@@ -90,7 +92,6 @@ class FileReport:
 @dataclass
 class _InFlight:
     batch: RowBatch
-    problems: dict[int, tuple[ErrorCode, str]]
     jobs: list[Job]
 
 
@@ -100,87 +101,148 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
              progress: Progress | None = None) -> FileReport:
     """Push every row of `source` through `model`; write one result row per input row.
 
+    Columns feed a model with feature names by name, in any order
+    (`inferfleet.features`); others by position. Every row is sent, so that the
+    session counts it: a row whose cells are not numbers fails (the worker sees NaN), and
+    its result row gives the cell that was not a number.
+
     Raises:
-        BadArgumentError: if the file cannot feed the model (format, width, id column).
+        BadArgumentError: if the file cannot feed the model (format, columns, width, id
+            column), before the results file is created.
         UnknownModelError: if no worker serves `model`.
     """
     fmt = file_format(source)
     signature = client.signature(model)
-    if len(signature.inputs) != 1:
-        raise BadArgumentError(f"model {model!r} takes several inputs; files feed one")
     out = out or source.with_name(f"{source.stem}.results{fmt}")
     report = FileReport(source, out, model)
-    total = count_rows(source)
     started = time.perf_counter()
+    report.total = count_rows(source)
+    if session_id is not None:
+        client.expect(session_id, report.total)  # `watch` then shows a percentage and ETA
     in_flight: deque[_InFlight] = deque()
-    with ResultWriter(out, fmt, total) as writer:
-        for batch in read_rows(source, id_column=id_column, batch_rows=batch_rows):
-            in_flight.append(_send(client, batch, signature, model, session_id, job_size))
+    batches = read_rows(source, id_column=id_column, batch_rows=batch_rows)
+    first = next(batches, None)
+    if first is not None:
+        model_inputs(first, signature)  # a file that cannot feed the model writes nothing
+    classes = _class_columns(signature)
+    with ResultWriter(out, fmt, report.total, id_name=id_column or "id", classes=classes) as writer:
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            in_flight.append(_send(client, batch, signature, session_id, job_size))
             if len(in_flight) >= window_batches:
-                _finish(client, in_flight.popleft(), writer, report, total, progress)
+                _finish(client, in_flight.popleft(), writer, report, signature, progress)
         while in_flight:
-            _finish(client, in_flight.popleft(), writer, report, total, progress)
+            _finish(client, in_flight.popleft(), writer, report, signature, progress)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _send(client: Client, batch: RowBatch, signature: ModelSignature, model: str,
-          session_id: str | None, job_size: int) -> _InFlight:
+def model_inputs(batch: RowBatch, signature: ModelSignature) -> dict[str, npt.NDArray[Any]]:
+    """A batch's features as the model's inputs: by column name where the model has
+    feature names, else by position.
+
+    Raises:
+        BadArgumentError: naming missing or extra columns, or for a width that does not
+            fit, with a hint when a column holds text (an id column not named as one).
+    """
+    hint = "".join(f"; column {name!r} holds no numbers: if it holds ids, pass --id-column "
+                   f"{name}" for name in batch.text_columns)
+    layout = feature_layout(signature)
+    if layout is not None and batch.columns is not None:
+        try:
+            order = layout.order(batch.columns)
+        except BadArgumentError as exc:
+            raise BadArgumentError(f"{exc}{hint}") from None
+        return layout.inputs(batch.features[:, order])
+    if layout is not None and layout.per_column and len(layout.names) == batch.features.shape[1]:
+        return layout.inputs(batch.features)  # a .npy: its columns in the model's order
+    if len(signature.inputs) != 1:
+        raise BadArgumentError(f"model {signature.name!r} takes the inputs "
+                               f"{[s.name for s in signature.inputs]}, which a file's "
+                               "columns cannot feed by position")
     spec = signature.inputs[0]
     width = batch.features.shape[1]
     if spec.shape != [width] and spec.shape != [None]:
-        raise BadArgumentError(f"the file has {width} feature columns; model {model!r} takes "
-                               f"samples of shape {spec.shape}")
-    checked = validate({spec.name: batch.features}, signature,
-                       Limits(max_job_samples=len(batch.features),
-                              max_sample_elements=client.settings.max_sample_elements))
-    problems = {**checked.each_problem(), **batch.problems}  # an unreadable cell says more
-    valid = [i for i in range(len(batch.ids)) if i not in problems]
-    jobs = client.submit_many(
-        model, batch.features[valid], job_size=job_size, session_id=session_id,
-        sample_ids=[batch.ids[i] for i in valid], validate=False) if valid else []
-    return _InFlight(batch, problems, jobs)
+        raise BadArgumentError(f"the file has {width} feature columns; model "
+                               f"{signature.name!r} takes samples of shape {spec.shape}{hint}")
+    return {spec.name: batch.features}
+
+
+def _class_columns(signature: ModelSignature) -> list[str]:
+    """The classes whose probability gets a column: each, or a binary model's positive
+    (second) class alone."""
+    if signature.scores is None or not signature.labels:
+        return []
+    return signature.labels[1:] if len(signature.labels) == 2 else list(signature.labels)
+
+
+def _send(client: Client, batch: RowBatch, signature: ModelSignature,
+          session_id: str | None, job_size: int) -> _InFlight:
+    jobs = client.submit_many(signature.name, model_inputs(batch, signature),
+                              job_size=job_size, session_id=session_id, sample_ids=batch.ids,
+                              validate=False) if batch.ids else []
+    return _InFlight(batch, jobs)
 
 
 def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: FileReport,
-            total: int, progress: Progress | None) -> None:
+            signature: ModelSignature, progress: Progress | None) -> None:
     results = client.results([job.id for job in flight.jobs], timeout=3600)
-    sent = iter([row for result in results for row in _rows_of(result)])
-    rows = ResultRows()
-    for index, row_id in enumerate(flight.batch.ids):
-        problem = flight.problems.get(index)
-        status, label, score, code, message = (
-            ("failure", "", float("nan"), problem[0].value, problem[1]) if problem is not None
-            else next(sent))
-        rows.id.append(row_id)
+    rows = ResultRows(id=list(flight.batch.ids))
+    classes = len(writer.class_columns)
+    for index, row in enumerate(row for result in results
+                                for row in _rows_of(result, signature.scores, classes)):
+        status, label, score, code, message, probabilities = row
+        if (problem := flight.batch.problems.get(index)) is not None:
+            # The worker saw NaN where the file had text: the file's reason says more.
+            code, message = problem[0].value, problem[1]
         rows.status.append(status)
         rows.label.append(label)
         rows.score.append(score)
         rows.error_code.append(code)
         rows.error_message.append(message)
+        rows.probabilities.append(probabilities)
     writer.write(rows)
     report.rows += len(rows)
     report.by_status.update(rows.status)
     succeeded = np.asarray(rows.status) == "success"
     report.scores.add(np.asarray(rows.score, dtype=np.float64)[succeeded])
     if progress is not None:
-        progress(report.rows, total, report.rows - report.by_status["success"])
+        progress(report.rows, report.total, report.rows - report.by_status["success"])
 
 
-def _rows_of(result: JobResult) -> Iterator[tuple[str, str, float, str, str]]:
-    """(status, label, score, error code, error message) per sample, from the columns."""
+_Row = tuple[str, str, float, str, str, list[float]]
+
+
+def _rows_of(result: JobResult, scores_output: str | None, classes: int) -> Iterator[_Row]:
+    """(status, label, score, error code, error message, class probabilities) per sample,
+    from the columns; a binary model's one class column is its positive class."""
     n = len(result.sample_ids)
     labels = _column(result, "label", n)
     scores = _column(result, "score", n)
+    probabilities = _probabilities(result, scores_output, classes, n)
     errors = {e.index: e for e in result.errors}
     job_error = result.error
     for index, status in enumerate(result.sample_status):
         error = errors.get(index) or (job_error if status != "success" else None)
         if error is not None:
-            yield status.value, "", float("nan"), error.code.value, error.message
+            yield (status.value, "", float("nan"), error.code.value, error.message,
+                   [float("nan")] * classes)
         else:
             label = labels[index]
-            yield status.value, "" if label is None else str(label), float(scores[index]), "", ""
+            yield (status.value, "" if label is None else str(label), float(scores[index]),
+                   "", "", probabilities[index].tolist())
+
+
+def _probabilities(result: JobResult, scores_output: str | None, classes: int, n: int
+                   ) -> npt.NDArray[np.float32]:
+    """The last `classes` columns of the model's class scores (all, or a binary model's
+    positive class); NaN when the result has none."""
+    if not classes or scores_output is None:
+        return np.full((n, classes), np.nan, np.float32)
+    try:
+        scores = np.asarray(result.column(scores_output), dtype=np.float32)
+    except KeyError:  # a job that failed as a whole has no outputs
+        return np.full((n, classes), np.nan, np.float32)
+    return scores.reshape(n, -1)[:, -classes:]
 
 
 def _column(result: JobResult, name: str, n: int) -> Any:

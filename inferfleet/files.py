@@ -7,7 +7,7 @@ write them in the input's format. CSV and Parquet go through pyarrow (the `files
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,16 @@ class RowBatch:
     ids: list[str]
     features: npt.NDArray[np.float32]
     problems: dict[int, tuple[ErrorCode, str]] = field(default_factory=dict)
+    #: The feature columns' names in file order (None for a .npy: no names).
+    columns: list[str] | None = None
+    #: Feature columns none of whose cells in this batch is a number (ids, most likely).
+    text_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ResultRows:
-    """Result rows in input order, one list per `RESULT_COLUMNS` entry."""
+    """Result rows in input order, one list per `RESULT_COLUMNS` entry, and one list of
+    per-class probabilities per row (empty when the output has no class columns)."""
 
     id: list[str] = field(default_factory=list)
     status: list[str] = field(default_factory=list)
@@ -40,6 +45,7 @@ class ResultRows:
     score: list[float] = field(default_factory=list)
     error_code: list[str] = field(default_factory=list)
     error_message: list[str] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.id)
@@ -140,60 +146,84 @@ def _table_rows(table: Any, start: int, id_column: str | None, path: Path) -> Ro
     features = [n for n in names if n != id_column]
     matrix = np.empty((table.num_rows, len(features)), dtype=np.float32)
     problems: dict[int, tuple[ErrorCode, str]] = {}
+    texts = []
     for j, name in enumerate(features):
-        matrix[:, j] = _floats(table.column(name), name, problems)
-    return RowBatch(ids, matrix, problems)
+        matrix[:, j], not_numbers = _floats(table.column(name), name, problems)
+        if table.num_rows and not_numbers == table.num_rows:
+            texts.append(name)
+    return RowBatch(ids, matrix, problems, columns=features, text_columns=texts)
 
 
 def _floats(column: Any, name: str, problems: dict[int, tuple[ErrorCode, str]]
-            ) -> npt.NDArray[np.float32]:
-    """A column as float32; cells that are not numbers are NaN and recorded in problems."""
+            ) -> tuple[npt.NDArray[np.float32], int]:
+    """A column as float32, and how many of its cells are not numbers: those are NaN and
+    recorded in problems."""
     pc = _pyarrow("compute")
     try:
         return np.asarray(pc.cast(column, _pyarrow("").float32()).to_numpy(
-            zero_copy_only=False), dtype=np.float32)
+            zero_copy_only=False), dtype=np.float32), 0
     except Exception:  # pyarrow raises ArrowInvalid; fall back to the cells one by one
         values = column.to_pylist()
         out = np.full(len(values), np.nan, dtype=np.float32)
+        not_numbers = 0
         for row, value in enumerate(values):
             try:
                 out[row] = float(value)
             except (TypeError, ValueError):
+                not_numbers += 1
                 problems.setdefault(row, (ErrorCode.BAD_REQUEST,
                                           f"column {name!r}: {value!r} is not a number"))
-        return out
+        return out, not_numbers
 
 
 class ResultWriter:
-    """Writes result rows in the input's format; a context manager."""
+    """Writes result rows in the input's format; a context manager.
 
-    def __init__(self, path: Path, fmt: str, total_rows: int) -> None:
+    The columns are `RESULT_COLUMNS`, the first named `id_name` (the input's id column),
+    with one `prob_<class>` column per entry of `classes` after the score.
+    """
+
+    def __init__(self, path: Path, fmt: str, total_rows: int, *, id_name: str = "id",
+                 classes: Sequence[str] = ()) -> None:
         self.path = path
         self.fmt = fmt
+        self.id_name = id_name
+        self.class_columns = [f"prob_{label}" for label in classes]
         self._written = 0
         self._handle: Any = None
         if fmt == ".npy":
-            dtype = np.dtype([("id", "U64"), ("status", "U16"), ("label", "U32"),
-                              ("score", "f4"), ("error_code", "U24"),
-                              ("error_message", "U200")])
+            dtype = np.dtype([(id_name, "U64"), ("status", "U16"), ("label", "U32"),
+                              ("score", "f4"), *[(c, "f4") for c in self.class_columns],
+                              ("error_code", "U24"), ("error_message", "U200")])
             self._handle = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
                                                      shape=(total_rows,))
 
+    def _columns(self, rows: ResultRows) -> dict[str, Any]:
+        probabilities = np.asarray(rows.probabilities, dtype=np.float32).reshape(
+            len(rows), len(self.class_columns))
+        return {self.id_name: rows.id, "status": rows.status, "label": rows.label,
+                "score": rows.score,
+                **{c: probabilities[:, j] for j, c in enumerate(self.class_columns)},
+                "error_code": rows.error_code, "error_message": rows.error_message}
+
     def write(self, rows: ResultRows) -> None:
         """Append rows (in input order)."""
+        columns = self._columns(rows)
         if self.fmt == ".npy":
             block = self._handle[self._written:self._written + len(rows)]
-            for column in RESULT_COLUMNS:
-                block[column] = getattr(rows, column)
+            for name, values in columns.items():
+                block[name] = values
         else:
-            self._write_arrow(rows)
+            self._write_arrow(columns)
         self._written += len(rows)
 
-    def _write_arrow(self, rows: ResultRows) -> None:
+    def _write_arrow(self, columns: dict[str, Any]) -> None:
         pa = _pyarrow("")
-        table = pa.table({column: getattr(rows, column) for column in RESULT_COLUMNS},
-                         schema=pa.schema([(c, pa.float32() if c == "score" else pa.string())
-                                           for c in RESULT_COLUMNS]))
+        numbers = {"score", *self.class_columns}
+        # A failed row's score and probabilities are empty cells (null), not "nan".
+        arrays = [_nullable_floats(pa, values) if name in numbers
+                  else pa.array(values, type=pa.string()) for name, values in columns.items()]
+        table = pa.table(arrays, names=list(columns))
         if self._handle is None:
             module = _pyarrow("parquet" if self.fmt == ".parquet" else "csv")
             writer = module.ParquetWriter if self.fmt == ".parquet" else module.CSVWriter
@@ -208,8 +238,13 @@ class ResultWriter:
             self._handle.flush()
             return
         if self._handle is None:  # no rows at all: still a file, with its header
-            self._write_arrow(ResultRows())
+            self._write_arrow(self._columns(ResultRows()))
         self._handle.close()
+
+
+def _nullable_floats(pa: Any, values: Any) -> Any:
+    floats = np.asarray(values, dtype=np.float32)
+    return pa.array(floats, type=pa.float32(), mask=np.isnan(floats))
 
 
 def _pyarrow(module: str) -> Any:

@@ -168,6 +168,8 @@ class SessionSummary(BaseModel):
     first_submitted_at: float | None
     last_finished_at: float | None
     models: dict[str, ModelCounts]
+    #: The samples the submitter said are coming (`Client.expect`); None if it did not.
+    samples_expected: int | None = None
 
 
 class JobResult(BaseModel):
@@ -215,6 +217,14 @@ class JobResult(BaseModel):
             latency_ms=self.latency_ms,
         ) for index, (sample_id, status) in enumerate(zip(self.sample_ids, self.sample_status,
                                                           strict=True))]
+
+    def to_frame(self, signature: Any = None, *, index_name: str = "id") -> Any:
+        """The samples as a pandas DataFrame indexed by sample id: status, label, score,
+        error, and with the model's `ModelSignature` (`Client.signature`) a `prob_<class>`
+        column per class. Needs pandas (`inferfleet[frames]`)."""
+        from inferfleet.frames import results_frame
+
+        return results_frame([self], signature=signature, index_name=index_name)
 
     @classmethod
     def from_wire(cls, payload: dict[str, Any]) -> JobResult:

@@ -67,7 +67,9 @@ def summarise(session_id: str, stats: dict[str, str]) -> SessionSummary:
         latency_p50_ms=_percentile(latency, 0.50), latency_p95_ms=_percentile(latency, 0.95),
         latency_p99_ms=_percentile(latency, 0.99),
         samples_per_s=done / (last - first) if first and last and last > first else None,
-        first_submitted_at=first, last_finished_at=last, models=_models(stats))
+        first_submitted_at=first, last_finished_at=last, models=_models(stats),
+        samples_expected=int(stats["samples_expected"]) if "samples_expected" in stats
+        else None)
 
 
 def _percentile(histogram: list[tuple[int, int]], q: float) -> float | None:

@@ -5,6 +5,9 @@
 - fixed_batch:  an input whose batch axis is fixed to 1 (samples run one by one)
 - lookup:       Gather of int64 indices; ONNX Runtime raises on an out-of-range index
 - bare_digits:  the shipped digits model with no config at all
+- credit:       a scikit-learn pipeline trained on a DataFrame, exported as skl2onnx
+                documents it (`to_onnx(pipeline, df[:1])`, default ZipMap): one input per
+                column, named by it, string classes
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 OPSET = [helper.make_opsetid("", 17)]
@@ -33,6 +39,7 @@ def build_models_dir(target: Path) -> Path:
     _save(target / "iris_zipmap", _iris_zipmap())
     _save(target / "fixed_batch", _fixed_batch())
     _save(target / "lookup", _lookup())
+    _save(target / "credit", credit_model())
     (target / "bare_digits").mkdir(exist_ok=True)
     shutil.copy(REPO_MODELS / "digits" / "model.onnx", target / "bare_digits" / "model.onnx")
     return target
@@ -82,3 +89,29 @@ def _iris_zipmap() -> onnx.ModelProto:
     x = iris.data.astype(np.float32)
     classifier = LogisticRegression(max_iter=1000, random_state=0).fit(x, iris.target)
     return to_onnx(classifier, x[:1], target_opset={"": 17, "ai.onnx.ml": 3})
+
+
+CREDIT_FEATURES = ["age", "income", "debt", "years_employed"]
+
+
+def credit_table(rows: int, *, seed: int = 0) -> pd.DataFrame:
+    """A credit-scoring table: float32 features, a `user_id` column and the `risk` class."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "user_id": [f"u{seed}-{i:05d}" for i in range(rows)],
+        "age": rng.integers(18, 80, rows).astype(np.float32),
+        "income": rng.lognormal(10, 0.5, rows).astype(np.float32),
+        "debt": rng.lognormal(9, 1.0, rows).astype(np.float32),
+        "years_employed": rng.integers(0, 40, rows).astype(np.float32),
+    })
+    score = frame["income"] / 20000 - frame["debt"] / 8000 + frame["years_employed"] / 20
+    frame["risk"] = np.where(score + rng.normal(0, 0.5, rows) > 1.0, "low", "high")
+    return frame
+
+
+def credit_model() -> onnx.ModelProto:
+    frame = credit_table(2000)
+    features = frame[CREDIT_FEATURES]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pipeline.fit(features, frame["risk"])
+    return to_onnx(pipeline, features[:1], target_opset={"": 17, "ai.onnx.ml": 3})

@@ -23,13 +23,15 @@ from inferfleet.schemas import MODEL_NAME_PATTERN
 
 
 def add_model(models_dir: Path, source: Path, name: str, *, version: str | None = None,
-              description: str | None = None, fresh_config: bool = False) -> OnnxModel:
+              description: str | None = None, fresh_config: bool = False,
+              features: list[str] | None = None) -> OnnxModel:
     """Install `source` as model `name` (a new model, or the next version of one).
 
     The version is `version`, else the current one plus one when it is a number, else 1.
     The current config (labels, postprocess, ...) is kept unless `fresh_config`, and must
     suit the new graph: a kept config that names outputs the graph lacks, or a
-    postprocess source that is no score output, refuses the add.
+    postprocess source that is no score output, refuses the add. `features` names the
+    columns of a one-input model (see `inferfleet.features`).
 
     Raises:
         BadArgumentError: for a bad name or a missing source file.
@@ -46,7 +48,8 @@ def add_model(models_dir: Path, source: Path, name: str, *, version: str | None 
     config = (ModelConfig() if fresh_config else current).model_copy(update={
         "version": version or _next_version(current.version if folder.is_dir() else None),
         "metrics": {},  # measured on an earlier graph, if any: not on this one
-        **({"description": description} if description is not None else {})})
+        **({"description": description} if description is not None else {}),
+        **({"features": features} if features is not None else {})})
     stage = models_dir.resolve() / f".{name}.adding-{uuid.uuid4().hex[:8]}"
     stage.mkdir(parents=True)
     try:

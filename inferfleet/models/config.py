@@ -53,6 +53,9 @@ class ModelConfig(BaseModel):
     inputs: dict[str, InputOverride] = Field(default_factory=dict)
     outputs: list[str] | None = None
     labels: list[str] | None = None
+    #: The names of the columns of a one-input model, in the model's order (see
+    #: `inferfleet.features`).
+    features: list[str] | None = None
     postprocess: PostprocessConfig | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -67,6 +70,8 @@ class ModelSignature(BaseModel):
     #: None when the first axis is dynamic; else the fixed batch size of the ONNX graph.
     fixed_batch_size: int | None = None
     labels: list[str] | None = None
+    #: The column names of a one-input model's features, in its order (config).
+    features: list[str] | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     #: The output holding per-class scores (the postprocess source), one column per
     #: label; None when the model gives no class scores.

@@ -106,5 +106,5 @@ def signature_with_config(signature: ModelSignature, config: ModelConfig) -> Mod
         inputs.append(spec)
     return signature.model_copy(update={
         "version": config.version, "inputs": inputs, "labels": config.labels,
-        "metrics": config.metrics,
+        "features": config.features, "metrics": config.metrics,
     })

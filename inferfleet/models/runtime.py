@@ -99,6 +99,7 @@ class OnnxModel:
         graph_signature = self._onnx_signature(entry)
         _check_config_inputs(entry, graph_signature)
         signature = signature_with_config(graph_signature, entry.config)
+        _check_features(entry, signature)
         if unzipped is not None and signature.labels is None:
             signature = signature.model_copy(update={"labels": unzipped.labels})
         #: Turns a score output into label and score: the config's, else a classifier's
@@ -182,6 +183,21 @@ def _check_config_inputs(entry: ModelEntry, signature: ModelSignature) -> None:
     if unknown:
         raise ModelLoadError(f"model {entry.name!r} config states inputs {unknown} that the "
                              f"graph lacks; its inputs are {known}")
+
+
+def _check_features(entry: ModelEntry, signature: ModelSignature) -> None:
+    """Raises: ModelLoadError: for feature names that do not fit the model's one input."""
+    features = entry.config.features
+    if features is None:
+        return
+    widths = [spec.shape for spec in signature.inputs]
+    if len(widths) != 1 or len(widths[0]) != 1 or widths[0][0] not in (None, len(features)):
+        raise ModelLoadError(
+            f"model {entry.name!r} config names {len(features)} features, but its inputs "
+            f"are {[(s.name, s.shape) for s in signature.inputs]}: feature names fit a model "
+            "with one input of one row of that many values per sample")
+    if len(set(features)) != len(features):
+        raise ModelLoadError(f"model {entry.name!r} config names a feature twice: {features}")
 
 
 def _tensor_spec(arg: Any) -> TensorSpec:

@@ -33,6 +33,12 @@ from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import task_envelope
+from inferfleet.producer.tables import (
+    frame_inputs,
+    is_data_frame,
+    is_feature_records,
+    records_inputs,
+)
 from inferfleet.producer.wire import Wire
 from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
 from inferfleet.sessions import Subscription, check_session_id
@@ -154,29 +160,38 @@ class Client:
     @_broker_errors
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
-               deadline_s: float | None = None, validate: bool = True,
+               deadline_s: float | None = None, validate: bool = True, strict: bool = False,
                wait_for_room_s: float = 0.0) -> Job:
-        """Enqueue one job holding every sample of `samples` (first axis: samples).
+        """Enqueue one job holding every sample of `samples`.
 
-        If the model's queue is at `max_queued_jobs`, wait up to `wait_for_room_s` for
-        room, then raise.
+        `samples` is an array whose first axis is the samples, a dict of input name to
+        such arrays, a list of per-sample dicts, or a table: a pandas DataFrame or a list
+        of {feature: value} dicts, matched to the model's features by name (a DataFrame's
+        index gives the sample ids). Each sample is validated against the published
+        signature: a bad one (NaN, wrong shape, ...) fails alone in the result, with its
+        code, and the rest run; with `strict`, any bad sample raises before anything is
+        enqueued. If the model's queue is at `max_queued_jobs`, wait up to
+        `wait_for_room_s` for room, then raise.
 
         Raises:
-            InvalidInputError: if validation rejects samples (nothing is enqueued).
+            InvalidInputError: listing each bad sample, if `strict` and any is bad, or if
+                none is valid (nothing is enqueued).
             UnknownModelError: if `validate` and no worker serves `model`.
             QueueFullError: if the model's queue has no room (nothing is enqueued).
-            BadArgumentError: if the arguments cannot work.
+            BadArgumentError: if the arguments cannot work (a table's missing or extra
+                columns are named).
         """
         return self._submit(model, samples, job_size=None, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
-                            deadline_s=deadline_s, validate=validate,
+                            deadline_s=deadline_s, validate=validate, strict=strict,
                             wait_for_room_s=wait_for_room_s)[0]
 
     @_broker_errors
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
                     session_id: str | None = None, sample_ids: Sequence[str] | None = None,
                     model_version: str | None = None, deadline_s: float | None = None,
-                    validate: bool = True, wait_for_room_s: float = 0.0) -> list[Job]:
+                    validate: bool = True, strict: bool = False,
+                    wait_for_room_s: float = 0.0) -> list[Job]:
         """Split `samples` into jobs of `job_size` and enqueue them in pipelined chunks.
 
         Raises:
@@ -188,18 +203,39 @@ class Client:
             raise BadArgumentError(f"job_size must be >= 1, got {job_size!r}")
         return self._submit(model, samples, job_size=job_size, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
-                            deadline_s=deadline_s, validate=validate,
+                            deadline_s=deadline_s, validate=validate, strict=strict,
                             wait_for_room_s=wait_for_room_s)
+
+    def predict_frame(self, model: str, frame: Any, *, job_size: int = 256,
+                      session_id: str | None = None, timeout: float = 300.0,
+                      **options: Any) -> Any:
+        """A DataFrame through the fleet, its results as a DataFrame with the same index:
+        status, label, score, `prob_<class>` per class and the error of each row.
+
+        `options` are those of `submit_many`. Bad rows fail alone (their status and
+        error say why) unless `strict=True`.
+
+        Raises:
+            The same as `submit_many`, and `ResultTimeoutError` after `timeout`.
+        """
+        from inferfleet.frames import results_frame
+
+        jobs = self.submit_many(model, frame, job_size=job_size, session_id=session_id,
+                                **options)
+        results = self.results([job.id for job in jobs], timeout=timeout)
+        return results_frame(results, signature=self._signature(model),
+                             index_name=str(frame.index.name or "id"))
 
     def _submit(self, model: str, samples: Any, *, job_size: int | None,
                 session_id: str | None, sample_ids: Sequence[str] | None,
                 model_version: str | None, deadline_s: float | None,
-                validate: bool, wait_for_room_s: float) -> list[Job]:
+                validate: bool, strict: bool, wait_for_room_s: float) -> list[Job]:
         _check_model_name(model)
         if session_id is not None:
             check_session_id(session_id)
-        signature = self._signature(model) if validate else None
-        columns: dict[str | None, SampleColumn] = as_columns(samples, signature)
+        table = is_data_frame(samples)
+        signature = self._signature(model) if validate or table else None
+        columns, table_ids = self._columns(samples, signature)
         total = n_samples(columns)
         if total == 0:
             raise BadArgumentError("no samples to submit")
@@ -208,12 +244,11 @@ class Client:
             raise BadArgumentError(
                 f"a job of {size} samples is over max_job_samples="
                 f"{self._limits.max_job_samples}; use submit_many with a smaller job_size")
-        if signature is not None:
+        if validate and signature is not None:
             # Every sample is checked here; the per-job limit was checked just above.
             limits = replace(self._limits, max_job_samples=total)
-            columns = {name: array for name, array in
-                       checked_inputs(columns, signature, limits).items()}
-        ids = _sample_ids(sample_ids, total)
+            columns = checked_inputs(columns, signature, limits, strict=strict)
+        ids = _sample_ids(sample_ids if sample_ids is not None else table_ids, total)
         submitted_at = time.time()
         deadline_at = submitted_at + self._checked_deadline_s(deadline_s)
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
@@ -233,6 +268,18 @@ class Client:
             jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
                      for m in messages]
         return jobs
+
+    def _columns(self, samples: Any, signature: ModelSignature | None
+                 ) -> tuple[dict[str | None, SampleColumn], list[str] | None]:
+        """Each input's samples, and the sample ids a table carries (a DataFrame's index)."""
+        if signature is not None and is_data_frame(samples):
+            inputs, ids = frame_inputs(samples, signature)
+            return {name: array for name, array in inputs.items()}, ids
+        if is_feature_records(samples, signature):
+            assert signature is not None  # for mypy: checked by is_feature_records
+            inputs = records_inputs(samples, signature)
+            return {name: array for name, array in inputs.items()}, None
+        return as_columns(samples, signature), None
 
     def _checked_deadline_s(self, deadline_s: float | None) -> float:
         """The job's deadline from now: the one given, else `default_deadline_s`.
@@ -348,6 +395,23 @@ class Client:
         """
         return Subscription(self.redis, session_id, after=after, from_start=from_start,
                             timeout_s=timeout, block_s=self._block_s)
+
+    @_broker_errors
+    def expect(self, session_id: str, samples: int) -> None:
+        """Say that `samples` samples in all will be submitted to the session, so that
+        `session_summary` (and `inferfleet watch`) can give a percentage and an ETA.
+
+        Raises:
+            BadArgumentError: for a malformed session id or a negative count.
+        """
+        check_session_id(session_id)
+        if not isinstance(samples, int) or samples < 0:
+            raise BadArgumentError(f"samples must be a count >= 0, got {samples!r}")
+        stats = keys.session_stats(session_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(stats, "samples_expected", samples)
+            pipe.expire(stats, self.settings.result_ttl_s)
+            pipe.execute()
 
     def session_summary(self, session_id: str) -> SessionSummary:
         """Counts, success rate, latency percentiles and samples/s of a session, read from

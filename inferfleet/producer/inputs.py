@@ -6,11 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from inferfleet.codec import encode_array
 from inferfleet.errors import BadArgumentError, InvalidInputError
-from inferfleet.models.config import ModelSignature
+from inferfleet.models.config import ModelSignature, TensorSpec
 from inferfleet.validation import Limits, SampleColumn, validate
 
 
@@ -59,16 +58,34 @@ def n_samples(columns: Mapping[str | None, SampleColumn]) -> int:
 
 
 def checked_inputs(columns: dict[str | None, SampleColumn], signature: ModelSignature,
-                   limits: Limits) -> dict[str, npt.NDArray[Any]]:
-    """The inputs stacked and cast to the model's dtypes, once every sample passed.
+                   limits: Limits, *, strict: bool = False) -> dict[str | None, SampleColumn]:
+    """The inputs to send: stacked and cast to the model's dtypes once every sample
+    passed; else, unless `strict`, as given (cast where they stack), so that the worker
+    fails each bad sample alone with its code and runs the rest.
 
     Raises:
-        InvalidInputError: listing each bad sample with its error code and reason.
+        InvalidInputError: listing each bad sample with its error code and reason, if
+            `strict` and any is bad, or if none is valid.
     """
     job = validate({str(k): v for k, v in columns.items()}, signature, limits)
-    if problems := job.each_problem():
+    problems = job.each_problem()
+    if not problems:
+        return {name: array for name, array in job.inputs.items()}
+    if strict or len(problems) == n_samples(columns):
         raise InvalidInputError(dict(sorted(problems.items())))
-    return job.inputs
+    specs = {spec.name: spec for spec in signature.inputs}
+    return {name: _cast_where_safe(column, specs.get(str(name)))
+            for name, column in columns.items()}
+
+
+def _cast_where_safe(column: SampleColumn, spec: TensorSpec | None) -> SampleColumn:
+    """A stacked column in the model's dtype when the cast keeps its kind (float64 to
+    float32 halves the message); anything else as given, for the worker to judge."""
+    if spec is None or not isinstance(column, np.ndarray) or spec.dtype == column.dtype:
+        return column
+    if column.dtype.kind in "biuf" and np.can_cast(column.dtype, spec.dtype, "same_kind"):
+        return column.astype(spec.dtype)
+    return column
 
 
 def encode_inputs(columns: Mapping[str | None, SampleColumn], start: int,

@@ -54,15 +54,19 @@ def test_a_csv_with_an_id_column_round_trips_with_bad_rows_failed_by_id(
 
     with (tmp_path / "digits.results.csv").open() as handle:
         out = list(csv.DictReader(handle))
-    assert [r["id"] for r in out] == [f"row-{i:04d}" for i in range(300)]
-    failed = {r["id"]: r for r in out if r["status"] == "failure"}
+    assert [r["sample"] for r in out] == [f"row-{i:04d}" for i in range(300)]  # its name
+    assert [c for c in out[0] if c.startswith("prob_")] == [f"prob_{d}" for d in range(10)]
+    failed = {r["sample"]: r for r in out if r["status"] == "failure"}
     assert set(failed) == {"row-0007", "row-0100", "row-0200"}
     assert "column 'p4': 'abc' is not a number" in failed["row-0007"]["error_message"]
     assert failed["row-0200"]["error_code"] == "non_finite"
     good = [i for i in range(300) if f"row-{i:04d}" not in failed]
     assert [out[i]["label"] for i in good] == expected_labels(models_dir, x[good])
+    assert failed["row-0007"]["prob_0"] == failed["row-0007"]["score"] == ""
     with Client(settings=settings) as client:
-        assert client.session_summary("csv-file").samples_succeeded == 297
+        summary = client.session_summary("csv-file")
+    # Rows refused for their cells are counted too: the session agrees with the file.
+    assert (summary.samples_succeeded, summary.samples_failed) == (297, 3)
 
 
 def test_npy_and_parquet_files_come_back_in_their_own_format(
@@ -81,7 +85,7 @@ def test_npy_and_parquet_files_come_back_in_their_own_format(
     labels = expected_labels(models_dir, x)
     assert list(from_npy["label"]) == from_parquet["label"] == labels
     assert list(from_npy["id"]) == [str(i) for i in range(50)]
-    assert from_parquet["id"] == [f"k{i}" for i in range(50)]
+    assert from_parquet["key"] == [f"k{i}" for i in range(50)]
 
 
 def test_a_file_narrower_than_the_model_is_refused_clearly(
@@ -91,6 +95,22 @@ def test_a_file_narrower_than_the_model_is_refused_clearly(
     assert done.returncode == 2
     assert "the file has 10 feature columns; model 'digits' takes samples of shape [64]" \
         in done.stderr
+    assert not (tmp_path / "narrow.results.npy").exists()  # nothing written for nothing
+
+
+def test_a_text_column_not_named_as_the_id_column_gets_that_hint(
+        settings: Settings, models_dir: Path, tmp_path: Path) -> None:
+    x = holdout(models_dir, 5)
+    source = tmp_path / "named.csv"
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["user", *(f"p{j}" for j in range(64))],
+                                      *[[f"u{i}", *map(str, x[i])] for i in range(5)]])
+    done = cli(settings, "submit", "named.csv", "--model", "digits", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "the file has 65 feature columns" in done.stderr
+    assert "column 'user' holds no numbers: if it holds ids, pass --id-column user" \
+        in done.stderr
+    assert not (tmp_path / "named.results.csv").exists()
 
 
 def test_watch_shows_the_session_and_ends_with_it(settings: Settings, models_dir: Path,
@@ -106,3 +126,32 @@ def test_watch_shows_the_session_and_ends_with_it(settings: Settings, models_dir
     assert "session watched: jobs 1/1 done {'partial': 1}" in done.stdout
     assert "19 succeeded, 1 failed" in done.stdout
     assert f"{job.id} sample 3: non_finite" in done.stdout
+
+
+def test_watch_gives_progress_once_the_submitter_said_how_many_rows_come(
+        settings: Settings, models_dir: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "some.npy", holdout(models_dir, 40))
+    done = cli(settings, "submit", "some.npy", "--model", "digits", "--session", "counted",
+               "--job-size", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with Client(settings=settings) as client:
+        assert client.session_summary("counted").samples_expected == 40
+        client.expect("later", 100)  # said before any submit: watch waits for the rest
+        client.submit("digits", holdout(models_dir, 10), session_id="later").result(timeout=30)
+    watched = cli(settings, "watch", "counted", "--interval", "0.1", cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    assert "progress 100.0% of 40 samples expected; ETA 0 s" in watched.stdout
+    waiting = cli(settings, "watch", "later", "--interval", "0.1", "--timeout", "1",
+                  cwd=tmp_path)
+    assert waiting.returncode == 1  # 90 samples are still to come
+    assert "progress 10.0% of 100 samples expected" in waiting.stdout
+
+
+def test_watch_and_status_of_an_id_that_does_not_exist_say_so_and_fail(
+        settings: Settings, tmp_path: Path) -> None:
+    watched = cli(settings, "watch", "no-such-session", cwd=tmp_path)
+    assert watched.returncode == 2
+    assert "no session 'no-such-session': nothing was submitted to it" in watched.stderr
+    status = cli(settings, "status", "no-such-job", cwd=tmp_path)
+    assert status.returncode == 1 and status.stdout.strip() == "unknown"
+    assert "no job 'no-such-job'" in status.stderr

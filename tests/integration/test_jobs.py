@@ -198,12 +198,21 @@ def test_states_read_queued_then_terminal_and_unknown_ids_read_unknown(client: C
     assert done.status() == "succeeded"
 
 
-def test_client_validation_rejects_bad_samples_before_enqueueing(client: Client) -> None:
-    before = client.redis.llen(keys.model_queue("digits"))
-    samples = np.ones((3, 64), np.float32)
+def test_a_bad_sample_fails_alone_and_strict_mode_refuses_it_before_enqueueing(
+        client: Client, models_dir: Path) -> None:
+    samples = holdout(models_dir)[0][:3].astype(np.float64)  # cast to the model's float32
     samples[1, 0] = np.inf
+    result = client.submit("digits", samples).result(timeout=30)
+    assert result.status == "partial"
+    assert [s.status.value for s in result.samples] == ["success", "failure", "success"]
+    assert result.samples[1].error is not None and result.samples[1].error.code == "non_finite"
+    expected = in_process(models_dir, "digits", samples[[0, 2]].astype(np.float32))
+    np.testing.assert_allclose(result.column("probabilities")[[0, 2]], expected, rtol=1e-6)
+
+    before = client.redis.llen(keys.model_queue("digits"))
     with pytest.raises(InvalidInputError, match="sample 1: non_finite"):
-        client.submit("digits", samples)
+        client.submit("digits", samples, strict=True)
+    # With no valid sample there is nothing to run: refused, strict or not.
     with pytest.raises(InvalidInputError, match="sample 0: bad_shape"):
         client.submit("digits", np.ones((1, 65), np.float32))
     assert client.redis.llen(keys.model_queue("digits")) == before
