@@ -128,6 +128,8 @@ def _operations_commands(sub: Subparsers) -> None:
     models.add_argument("--description", help="add: a line about it")
     models.add_argument("--features", help="add: the column names of a one-input model's "
                                            "features, comma-separated, in its order")
+    models.add_argument("--wait", type=float, default=30.0, metavar="S",
+                        help="add: wait up to S seconds for the running fleet to serve it")
     models.add_argument("--fresh-config", action="store_true",
                         help="add: do not keep the current version's config (labels, "
                              "postprocess, ...)")
@@ -299,29 +301,11 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from inferfleet.models.adding import add_model
     from inferfleet.models.registry import Registry
     from inferfleet.models.runtime import OnnxModel
 
     if args.action == "add":
-        if args.file is None or not args.name:
-            raise BadArgumentError("models add needs a FILE and --name")
-        from inferfleet.models.adding import kept_config_file
-
-        folder = settings.models_dir / args.name
-        kept = None if args.fresh_config or not folder.is_dir() else kept_config_file(folder)
-        model = add_model(settings.models_dir, args.file, args.name, version=args.version,
-                          description=args.description, fresh_config=args.fresh_config,
-                          features=args.features.split(",") if args.features else None)
-        sig = model.signature
-        print(f"added {args.name} version {sig.version}: inputs {_tensors(sig.inputs)}, "
-              f"outputs {_tensors(sig.outputs)}"
-              + (f", classes {sig.labels}" if sig.labels else "")
-              + (f", features {sig.features}" if sig.features else "")
-              + (f"; kept the config of the version before ({kept.name})" if kept else ""))
-        print("workers serving every model (started without --models) load it and take its "
-              "jobs within a few seconds, without a restart")
-        return 0
+        return _models_add(args, settings)
     registry = Registry(settings.models_dir)
     for name in registry.names():
         entry = registry.entry(name)
@@ -338,6 +322,52 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
               f"batch axis {batch}\t{entry.path.stat().st_size / 1e6:.2f} MB\taccuracy {accuracy}\t"
               f"providers {','.join(model.providers)}\t{entry.config.description}")
     return 0
+
+
+def _models_add(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.models.adding import add_model, kept_config_file
+
+    if args.file is None or not args.name:
+        raise BadArgumentError("models add needs a FILE and --name")
+    folder = settings.models_dir / args.name
+    kept = None if args.fresh_config or not folder.is_dir() else kept_config_file(folder)
+    model = add_model(settings.models_dir, args.file, args.name, version=args.version,
+                      description=args.description, fresh_config=args.fresh_config,
+                      features=args.features.split(",") if args.features else None)
+    sig = model.signature
+    print(f"added {args.name} version {sig.version}: inputs {_tensors(sig.inputs)}, "
+          f"outputs {_tensors(sig.outputs)}"
+          + (f", classes {sig.labels}" if sig.labels else "")
+          + (f", features {sig.features}" if sig.features else "")
+          + (f"; kept the config of the version before ({kept.name})" if kept else ""))
+    print(_await_fleet(settings, args.name, sig.version, timeout_s=args.wait), flush=True)
+    return 0
+
+
+def _await_fleet(settings: Settings, name: str, version: str, *, timeout_s: float) -> str:
+    """Wait until a worker of the fleet serves `name` at `version`; what happened."""
+    from inferfleet.producer import Client
+
+    url = mask_url(settings.redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        with Client(settings=settings) as client:
+            while True:
+                models = client.models()
+                if not models:  # no worker has ever published a model here: no fleet
+                    return (f"no worker has published a model at {url}; workers load it "
+                            "when they start")
+                served = models.get(name)
+                if served is not None and served.version == version:
+                    return f"the fleet at {url} serves it: submit now"
+                if time.monotonic() >= deadline:
+                    return (f"no worker at {url} serves it yet (after {timeout_s:.0f} s): "
+                            "workers started with --models take only those, and a worker "
+                            "that is not running loads it when it starts")
+                time.sleep(0.2)
+    except InferfleetError:  # BrokerError: no fleet to tell
+        return (f"no fleet answers at {url}; workers load it when they start "
+                "(workers serving every model also while they run)")
 
 
 def _tensors(specs: Sequence[TensorSpec]) -> str:

@@ -32,7 +32,7 @@ from inferfleet.ledger import Enqueued, Ledger, QueuedJob, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
-from inferfleet.producer.publish import task_envelope
+from inferfleet.producer.publish import shown_name, task_envelope
 from inferfleet.producer.tables import (
     frame_inputs,
     is_data_frame,
@@ -305,9 +305,10 @@ class Client:
         """
         queue = keys.model_queue(model)
         # The repr Flower shows; given so that nothing reprs the arrays.
+        session = f", session: {session_id!r}" if session_id else ""
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
-            m.job_id, queue, m.kwargs, f"{{model: {model!r}, samples: {m.samples}}}"))
-            for m in messages]
+            m.job_id, queue, m.kwargs, f"{{model: {model!r}{session}, samples: {m.samples}}}",
+            shadow=shown_name(model))) for m in messages]
         biggest = max(len(job.envelope) for job in queued_jobs)
         if biggest > self.settings.max_message_bytes:
             raise BadArgumentError(

@@ -73,7 +73,9 @@ class TakenMessage:
     def received_event(self) -> dict[str, Any]:
         """The fields of Celery's `task-received` event (Flower lists the job by them)."""
         headers = self.headers
-        return {"uuid": self.delivery.job_id, "name": keys.TASK_NAME,
+        shadow = headers.get("shadow")
+        return {"uuid": self.delivery.job_id,
+                "name": shadow if isinstance(shadow, str) and shadow else keys.TASK_NAME,
                 "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
                 "root_id": headers.get("root_id"), "parent_id": headers.get("parent_id"),
                 "retries": headers.get("retries") or 0, "eta": None, "expires": None}

@@ -138,7 +138,7 @@ def test_an_unknown_model_ends_failed_with_a_clear_code(settings: Settings,
     assert result.error is not None and result.error.code == ErrorCode.UNKNOWN_MODEL
     assert "no_such_model" in result.error.message
     assert [s.status for s in result.samples] == ["failure", "failure"]
-    with pytest.raises(UnknownModelError, match="no worker has published it"):
+    with pytest.raises(UnknownModelError, match=r"no worker serves it\. Models served now: "):
         client.submit("no_such_model", np.zeros((1, 64), np.float32))
 
 

@@ -109,7 +109,8 @@ def _check_flower(base: str, settings: Settings, models_dir: Path,
                            for job in jobs), what="Flower to see every job succeed")
     status, body = http_get(f"{base}/api/task/info/{jobs[0].id}", auth=auth)
     info = json.loads(body)
-    assert status == 200 and info["name"] == "inferfleet.predict"
+    assert status == 200 and info["name"] == "inferfleet.predict[digits]"  # the model shown
+    assert "model: 'digits'" in info["kwargs"]
     assert info["state"] == "SUCCESS" and info["runtime"] > 0
     assert info["received"] and info["started"] and info["succeeded"]
     wait_until(lambda: any(name.startswith("test") for name in json.loads(

@@ -74,9 +74,11 @@ def test_any_message_is_admitted_whole_or_refused_with_a_reason(
 def test_the_clients_envelope_carries_what_celerys_own_message_builder_makes(
         app: Celery) -> None:
     kwargs = {"v": 1, "model": "digits", "inputs": [], "submitted_at": 1.5}
-    ours = json.loads(task_envelope("j1", keys.model_queue("digits"), kwargs, "{digits}"))
+    ours = json.loads(task_envelope("j1", keys.model_queue("digits"), kwargs, "{digits}",
+                                    shadow="inferfleet.predict[digits]"))
     celerys = app.amqp.create_task_message("j1", keys.TASK_NAME, (), kwargs, argsrepr="()",
-                                           kwargsrepr="{digits}", ignore_result=True)
+                                           kwargsrepr="{digits}", ignore_result=True,
+                                           shadow="inferfleet.predict[digits]")
     assert ours["headers"] == celerys.headers
     assert json.loads(ours["body"]) == json.loads(json.dumps(celerys.body))
     assert {k: ours["properties"][k] for k in celerys.properties} == celerys.properties
