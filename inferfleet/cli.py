@@ -97,6 +97,9 @@ def _job_commands(sub: Subparsers) -> None:
     submit.add_argument("--out", type=Path, help="results file (default: FILE.results.EXT)")
     submit.add_argument("--id-column", help="CSV/Parquet column whose values are the ids")
     submit.add_argument("--job-size", type=int, default=256)
+    submit.add_argument("--resume", action="store_true",
+                        help="go on with an interrupted run of FILE from its last whole "
+                             "batch, into the same session (its --session and --id-column)")
     submit.set_defaults(run=_submit)
 
     watch = sub.add_parser("watch", help="follow a session until it ends")
@@ -209,12 +212,14 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from inferfleet.filerun import run_file
+    from inferfleet.filerun import default_out, run_file
     from inferfleet.producer import Client
+    from inferfleet.resultfiles import RunState
 
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", args.file.stem)
-    session = args.session or f"{stem}-{int(time.time())}"
-    print(f"session {session}", file=sys.stderr)
+    session = None if args.resume else args.session or f"{stem}-{int(time.time())}"
+    if session is not None:
+        print(f"session {session}", file=sys.stderr)
 
     def progress(done: int, total: int, failed: int) -> None:
         rate = done / max(time.perf_counter() - started, 1e-9)
@@ -223,10 +228,19 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
               end="", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    with Client(settings=settings) as client:
-        report = run_file(client, args.file, model=args.model, out=args.out,
-                          session_id=session, id_column=args.id_column,
-                          job_size=args.job_size, progress=progress)
+    out = args.out or default_out(args.file)
+    try:
+        with Client(settings=settings) as client:
+            report = run_file(client, args.file, model=args.model, out=out,
+                              session_id=session, id_column=args.id_column,
+                              job_size=args.job_size, progress=progress, resume=args.resume)
+    except (KeyboardInterrupt, InferfleetError) as exc:
+        if RunState.path_for(out).exists():
+            print(f"\ninferfleet: interrupted ({exc or type(exc).__name__}); the rows written "
+                  f"so far stay in {out}: `inferfleet submit {args.file} --model "
+                  f"{args.model} --resume` goes on from there", file=sys.stderr)
+            return 130 if isinstance(exc, KeyboardInterrupt) else 2
+        raise
     print(file=sys.stderr)
     print(report.render())
     return 0

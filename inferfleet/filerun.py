@@ -21,9 +21,10 @@ import numpy.typing as npt
 
 from inferfleet.errors import BadArgumentError
 from inferfleet.features import feature_layout
-from inferfleet.files import ResultRows, ResultWriter, RowBatch, count_rows, file_format, read_rows
+from inferfleet.files import RowBatch, count_rows, file_format, read_rows
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import Client, Job
+from inferfleet.resultfiles import ResultRows, ResultWriter, RunState
 from inferfleet.schemas import JobResult
 
 Progress = Callable[[int, int, int], None]
@@ -63,7 +64,9 @@ class FileReport:
     source: Path
     out: Path
     model: str
-    rows: int = 0
+    session_id: str | None = None
+    resumed_after: int = 0  # rows an interrupted run had written (--resume)
+    rows: int = 0  # rows this run sent and wrote
     total: int = 0  # rows in the file
     by_status: Counter[str] = field(default_factory=Counter)
     scores: ScoreHistogram = field(default_factory=ScoreHistogram)
@@ -73,7 +76,10 @@ class FileReport:
         """The report printed at the end of `inferfleet submit`."""
         rate = self.rows / self.seconds if self.seconds else 0.0
         lines = [f"{self.rows:,} rows of {self.source} through model {self.model!r} in "
-                 f"{self.seconds:.1f} s ({rate:,.0f} rows/s)",
+                 f"{self.seconds:.1f} s ({rate:,.0f} rows/s)"
+                 + (f", resuming after the {self.resumed_after:,} rows written before"
+                    if self.resumed_after else "")
+                 + (f"; session {self.session_id}" if self.session_id else ""),
                  "by status: " + ", ".join(f"{status} {count:,}" for status, count
                                             in sorted(self.by_status.items()))]
         if len(self.scores):
@@ -98,34 +104,45 @@ class _InFlight:
 def run_file(client: Client, source: Path, *, model: str, out: Path | None = None,
              session_id: str | None = None, id_column: str | None = None, job_size: int = 256,
              batch_rows: int = 8192, window_batches: int = 4,
-             progress: Progress | None = None) -> FileReport:
+             progress: Progress | None = None, resume: bool = False) -> FileReport:
     """Push every row of `source` through `model`; write one result row per input row.
 
     Columns feed a model with feature names by name, in any order
     (`inferfleet.features`); others by position. Every row is sent, so that the
     session counts it: a row whose cells are not numbers fails (the worker sees NaN), and
-    its result row gives the cell that was not a number.
+    its result row gives the cell that was not a number. With `resume`, an interrupted
+    run of the same file and model goes on from its last whole batch, into its session,
+    with its id column (`resultfiles.RunState`).
 
     Raises:
         BadArgumentError: if the file cannot feed the model (format, columns, width, id
-            column), before the results file is created.
+            column), before the results file is created; or, with `resume`, if there is
+            no interrupted run of this file to resume.
         UnknownModelError: if no worker serves `model`.
     """
     fmt = file_format(source)
+    out = out or default_out(source)
+    if resume:
+        state = RunState.load(out, source, model)
+        session_id, id_column = state.session_id, state.id_column
+    else:
+        state = RunState.new(source, model, session_id, id_column)
     signature = client.signature(model)
-    out = out or source.with_name(f"{source.stem}.results{fmt}")
-    report = FileReport(source, out, model)
+    report = FileReport(source, out, model, session_id=session_id,
+                        resumed_after=state.rows_done)
     started = time.perf_counter()
     report.total = count_rows(source)
     if session_id is not None:
         client.expect(session_id, report.total)  # `watch` then shows a percentage and ETA
     in_flight: deque[_InFlight] = deque()
-    batches = read_rows(source, id_column=id_column, batch_rows=batch_rows)
+    batches = _skip(read_rows(source, id_column=id_column, batch_rows=batch_rows),
+                    state.rows_done)
     first = next(batches, None)
     if first is not None:
         model_inputs(first, signature)  # a file that cannot feed the model writes nothing
-    classes = _class_columns(signature)
-    with ResultWriter(out, fmt, report.total, id_name=id_column or "id", classes=classes) as writer:
+    with ResultWriter(out, fmt, report.total, state, id_name=id_column or "id",
+                      classes=_class_columns(signature), labels=signature.labels or (),
+                      numbered_ids=fmt == ".npy") as writer:
         for batch in itertools.chain([first] if first is not None else [], batches):
             in_flight.append(_send(client, batch, signature, session_id, job_size))
             if len(in_flight) >= window_batches:
@@ -134,6 +151,26 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
             _finish(client, in_flight.popleft(), writer, report, signature, progress)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def default_out(source: Path) -> Path:
+    """Where the results of `source` go unless told: `<stem>.results<suffix>` beside it."""
+    return source.with_name(f"{source.stem}.results{source.suffix}")
+
+
+def _skip(batches: Iterator[RowBatch], rows: int) -> Iterator[RowBatch]:
+    """The batches less their first `rows` rows (those a resumed run has written)."""
+    for batch in batches:
+        n = len(batch.ids)
+        if rows >= n:
+            rows -= n
+            continue
+        if rows:
+            batch = RowBatch(batch.ids[rows:], batch.features[rows:],
+                             {i - rows: p for i, p in batch.problems.items() if i >= rows},
+                             columns=batch.columns, text_columns=batch.text_columns)
+            rows = 0
+        yield batch
 
 
 def model_inputs(batch: RowBatch, signature: ModelSignature) -> dict[str, npt.NDArray[Any]]:
@@ -206,7 +243,8 @@ def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: Fil
     succeeded = np.asarray(rows.status) == "success"
     report.scores.add(np.asarray(rows.score, dtype=np.float64)[succeeded])
     if progress is not None:
-        progress(report.rows, report.total, report.rows - report.by_status["success"])
+        progress(report.resumed_after + report.rows, report.total,
+                 report.rows - report.by_status["success"])
 
 
 _Row = tuple[str, str, float, str, str, list[float]]

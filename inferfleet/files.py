@@ -1,13 +1,13 @@
 """Data files in and out of the fleet: `.npy`, `.csv` and `.parquet`, row batch by row batch.
 
 Readers yield `RowBatch`es (ids, float32 features, and the rows whose cells could not be
-read, with the reason), never the whole file; writers take result rows in input order and
-write them in the input's format. CSV and Parquet go through pyarrow (the `files` extra).
+read, with the reason), never the whole file; `resultfiles` writes the results. CSV and
+Parquet go through pyarrow (the `files` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ import numpy.typing as npt
 from inferfleet.errors import BadArgumentError, ConfigurationError, ErrorCode
 
 FORMATS = (".npy", ".csv", ".parquet")
-RESULT_COLUMNS = ("id", "status", "label", "score", "error_code", "error_message")
 
 
 @dataclass
@@ -32,23 +31,6 @@ class RowBatch:
     columns: list[str] | None = None
     #: Feature columns none of whose cells in this batch is a number (ids, most likely).
     text_columns: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ResultRows:
-    """Result rows in input order, one list per `RESULT_COLUMNS` entry, and one list of
-    per-class probabilities per row (empty when the output has no class columns)."""
-
-    id: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-    label: list[str] = field(default_factory=list)
-    score: list[float] = field(default_factory=list)
-    error_code: list[str] = field(default_factory=list)
-    error_message: list[str] = field(default_factory=list)
-    probabilities: list[list[float]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.id)
 
 
 def file_format(path: Path) -> str:
@@ -68,7 +50,7 @@ def count_rows(path: Path) -> int:
     if fmt == ".npy":
         return int(np.load(path, mmap_mode="r").shape[0])
     if fmt == ".parquet":
-        return int(_pyarrow("parquet").ParquetFile(path).metadata.num_rows)
+        return int(pyarrow_module("parquet").ParquetFile(path).metadata.num_rows)
     with path.open("rb") as handle:
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
     with path.open("rb") as handle:
@@ -103,11 +85,11 @@ def _npy_rows(path: Path, batch_rows: int) -> Iterator[RowBatch]:
 
 
 def _arrow_batches(path: Path, fmt: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    pa = _pyarrow("")
+    pa = pyarrow_module("")
     if fmt == ".parquet":
         batches = _parquet_batches(path)
     else:
-        csv = _pyarrow("csv")
+        csv = pyarrow_module("csv")
         # Every cell as text: a cell that is not a number fails its row, not the file.
         header = csv.open_csv(path).schema.names
         batches = csv.open_csv(path, convert_options=csv.ConvertOptions(
@@ -132,7 +114,7 @@ def _parquet_batches(path: Path) -> Iterator[Any]:
     pyarrow's pool grew ~400 bytes per row over a 1M-row file), so row groups are read
     one by one instead.
     """
-    parquet = _pyarrow("parquet").ParquetFile(path)
+    parquet = pyarrow_module("parquet").ParquetFile(path)
     for group in range(parquet.num_row_groups):
         yield from parquet.read_row_group(group).to_batches()
 
@@ -158,9 +140,9 @@ def _floats(column: Any, name: str, problems: dict[int, tuple[ErrorCode, str]]
             ) -> tuple[npt.NDArray[np.float32], int]:
     """A column as float32, and how many of its cells are not numbers: those are NaN and
     recorded in problems."""
-    pc = _pyarrow("compute")
+    pc = pyarrow_module("compute")
     try:
-        return np.asarray(pc.cast(column, _pyarrow("").float32()).to_numpy(
+        return np.asarray(pc.cast(column, pyarrow_module("").float32()).to_numpy(
             zero_copy_only=False), dtype=np.float32), 0
     except Exception:  # pyarrow raises ArrowInvalid; fall back to the cells one by one
         values = column.to_pylist()
@@ -176,78 +158,7 @@ def _floats(column: Any, name: str, problems: dict[int, tuple[ErrorCode, str]]
         return out, not_numbers
 
 
-class ResultWriter:
-    """Writes result rows in the input's format; a context manager.
-
-    The columns are `RESULT_COLUMNS`, the first named `id_name` (the input's id column),
-    with one `prob_<class>` column per entry of `classes` after the score.
-    """
-
-    def __init__(self, path: Path, fmt: str, total_rows: int, *, id_name: str = "id",
-                 classes: Sequence[str] = ()) -> None:
-        self.path = path
-        self.fmt = fmt
-        self.id_name = id_name
-        self.class_columns = [f"prob_{label}" for label in classes]
-        self._written = 0
-        self._handle: Any = None
-        if fmt == ".npy":
-            dtype = np.dtype([(id_name, "U64"), ("status", "U16"), ("label", "U32"),
-                              ("score", "f4"), *[(c, "f4") for c in self.class_columns],
-                              ("error_code", "U24"), ("error_message", "U200")])
-            self._handle = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                                     shape=(total_rows,))
-
-    def _columns(self, rows: ResultRows) -> dict[str, Any]:
-        probabilities = np.asarray(rows.probabilities, dtype=np.float32).reshape(
-            len(rows), len(self.class_columns))
-        return {self.id_name: rows.id, "status": rows.status, "label": rows.label,
-                "score": rows.score,
-                **{c: probabilities[:, j] for j, c in enumerate(self.class_columns)},
-                "error_code": rows.error_code, "error_message": rows.error_message}
-
-    def write(self, rows: ResultRows) -> None:
-        """Append rows (in input order)."""
-        columns = self._columns(rows)
-        if self.fmt == ".npy":
-            block = self._handle[self._written:self._written + len(rows)]
-            for name, values in columns.items():
-                block[name] = values
-        else:
-            self._write_arrow(columns)
-        self._written += len(rows)
-
-    def _write_arrow(self, columns: dict[str, Any]) -> None:
-        pa = _pyarrow("")
-        numbers = {"score", *self.class_columns}
-        # A failed row's score and probabilities are empty cells (null), not "nan".
-        arrays = [_nullable_floats(pa, values) if name in numbers
-                  else pa.array(values, type=pa.string()) for name, values in columns.items()]
-        table = pa.table(arrays, names=list(columns))
-        if self._handle is None:
-            module = _pyarrow("parquet" if self.fmt == ".parquet" else "csv")
-            writer = module.ParquetWriter if self.fmt == ".parquet" else module.CSVWriter
-            self._handle = writer(str(self.path), table.schema)
-        self._handle.write_table(table)
-
-    def __enter__(self) -> ResultWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fmt == ".npy":
-            self._handle.flush()
-            return
-        if self._handle is None:  # no rows at all: still a file, with its header
-            self._write_arrow(self._columns(ResultRows()))
-        self._handle.close()
-
-
-def _nullable_floats(pa: Any, values: Any) -> Any:
-    floats = np.asarray(values, dtype=np.float32)
-    return pa.array(floats, type=pa.float32(), mask=np.isnan(floats))
-
-
-def _pyarrow(module: str) -> Any:
+def pyarrow_module(module: str) -> Any:
     """pyarrow, or one of its modules ('' for the top level).
 
     Raises:
