@@ -97,6 +97,8 @@ def _job_commands(sub: Subparsers) -> None:
     submit.add_argument("--out", type=Path, help="results file (default: FILE.results.EXT)")
     submit.add_argument("--id-column", help="CSV/Parquet column whose values are the ids")
     submit.add_argument("--job-size", type=int, default=256)
+    submit.add_argument("--include-features", action="store_true",
+                        help="repeat the input's feature columns in the results file")
     submit.add_argument("--resume", action="store_true",
                         help="go on with an interrupted run of FILE from its last whole "
                              "batch, into the same session (its --session and --id-column)")
@@ -233,7 +235,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         with Client(settings=settings) as client:
             report = run_file(client, args.file, model=args.model, out=out,
                               session_id=session, id_column=args.id_column,
-                              job_size=args.job_size, progress=progress, resume=args.resume)
+                              job_size=args.job_size, progress=progress, resume=args.resume,
+                              include_features=args.include_features)
     except (KeyboardInterrupt, InferfleetError) as exc:
         if RunState.path_for(out).exists():
             print(f"\ninferfleet: interrupted ({exc or type(exc).__name__}); the rows written "

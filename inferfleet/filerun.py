@@ -65,6 +65,7 @@ class FileReport:
     out: Path
     model: str
     session_id: str | None = None
+    score_name: str = "score"  # what the histogram shows (a binary model's prob_<class>)
     resumed_after: int = 0  # rows an interrupted run had written (--resume)
     rows: int = 0  # rows this run sent and wrote
     total: int = 0  # rows in the file
@@ -84,7 +85,7 @@ class FileReport:
                                             in sorted(self.by_status.items()))]
         if len(self.scores):
             s = self.scores
-            lines.append(f"score: min {s.low:.3f}, p5 {s.percentile(0.05):.3f}, median "
+            lines.append(f"{self.score_name}: min {s.low:.3f}, p5 {s.percentile(0.05):.3f}, median "
                          f"{s.percentile(0.5):.3f}, p95 {s.percentile(0.95):.3f}, "
                          f"max {s.high:.3f}")
             tenths = s.counts.reshape(10, -1).sum(axis=1)
@@ -104,13 +105,15 @@ class _InFlight:
 def run_file(client: Client, source: Path, *, model: str, out: Path | None = None,
              session_id: str | None = None, id_column: str | None = None, job_size: int = 256,
              batch_rows: int = 8192, window_batches: int = 4,
-             progress: Progress | None = None, resume: bool = False) -> FileReport:
+             progress: Progress | None = None, resume: bool = False,
+             include_features: bool = False) -> FileReport:
     """Push every row of `source` through `model`; write one result row per input row.
 
     Columns feed a model with feature names by name, in any order
     (`inferfleet.features`); others by position. Every row is sent, so that the
     session counts it: a row whose cells are not numbers fails (the worker sees NaN), and
-    its result row gives the cell that was not a number. With `resume`, an interrupted
+    its result row gives the cell that was not a number. `include_features` repeats the
+    input's feature columns in the results. With `resume`, an interrupted
     run of the same file and model goes on from its last whole batch, into its session,
     with its id column (`resultfiles.RunState`).
 
@@ -125,11 +128,15 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
     if resume:
         state = RunState.load(out, source, model)
         session_id, id_column = state.session_id, state.id_column
+        include_features = state.include_features
     else:
         state = RunState.new(source, model, session_id, id_column)
+        state.include_features = include_features
     signature = client.signature(model)
+    classes = _class_columns(signature)
     report = FileReport(source, out, model, session_id=session_id,
-                        resumed_after=state.rows_done)
+                        resumed_after=state.rows_done,
+                        score_name=f"prob_{classes[0]}" if len(classes) == 1 else "score")
     started = time.perf_counter()
     report.total = count_rows(source)
     if session_id is not None:
@@ -141,8 +148,10 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
     if first is not None:
         model_inputs(first, signature)  # a file that cannot feed the model writes nothing
     with ResultWriter(out, fmt, report.total, state, id_name=id_column or "id",
-                      classes=_class_columns(signature), labels=signature.labels or (),
-                      numbered_ids=fmt == ".npy") as writer:
+                      classes=classes, labels=signature.labels or (),
+                      numbered_ids=fmt == ".npy",
+                      features=_feature_names(first) if include_features and first else ()
+                      ) as writer:
         for batch in itertools.chain([first] if first is not None else [], batches):
             in_flight.append(_send(client, batch, signature, session_id, job_size))
             if len(in_flight) >= window_batches:
@@ -151,6 +160,12 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
             _finish(client, in_flight.popleft(), writer, report, signature, progress)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _feature_names(batch: RowBatch) -> list[str]:
+    """The input's feature column names (a .npy's, which has none: x0, x1, ...)."""
+    return batch.columns if batch.columns is not None else [
+        f"x{j}" for j in range(batch.features.shape[1])]
 
 
 def default_out(source: Path) -> Path:
@@ -223,7 +238,8 @@ def _send(client: Client, batch: RowBatch, signature: ModelSignature,
 def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: FileReport,
             signature: ModelSignature, progress: Progress | None) -> None:
     results = client.results([job.id for job in flight.jobs], timeout=3600)
-    rows = ResultRows(id=list(flight.batch.ids))
+    rows = ResultRows(id=list(flight.batch.ids),
+                      features=flight.batch.features if writer.feature_columns else None)
     classes = len(writer.class_columns)
     for index, row in enumerate(row for result in results
                                 for row in _rows_of(result, signature.scores, classes)):
@@ -241,7 +257,10 @@ def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: Fil
     report.rows += len(rows)
     report.by_status.update(rows.status)
     succeeded = np.asarray(rows.status) == "success"
-    report.scores.add(np.asarray(rows.score, dtype=np.float64)[succeeded])
+    # A binary model's report shows its positive class's probability, the one a user
+    # thresholds; other models' their top score.
+    shown = [p[0] for p in rows.probabilities] if classes == 1 else rows.score
+    report.scores.add(np.asarray(shown, dtype=np.float64)[succeeded])
     if progress is not None:
         progress(report.resumed_after + report.rows, report.total,
                  report.rows - report.by_status["success"])

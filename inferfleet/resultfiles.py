@@ -50,6 +50,8 @@ class ResultRows:
     error_code: list[str] = field(default_factory=list)
     error_message: list[str] = field(default_factory=list)
     probabilities: list[list[float]] = field(default_factory=list)
+    #: The input's features, (rows, features), when the results repeat them.
+    features: Any = None
 
     def __len__(self) -> int:
         return len(self.id)
@@ -68,6 +70,7 @@ class RunState:
     rows_done: int = 0
     out_bytes: int = 0  # a .csv's length after its last whole batch
     parts: int = 0  # a .parquet's part files written
+    include_features: bool = False  # the results repeat the input's features
 
     @staticmethod
     def path_for(out: Path) -> Path:
@@ -118,16 +121,19 @@ class RunState:
 class ResultWriter:
     """Writes result rows in input order in the input's format; a context manager.
 
-    The columns are the id (named `id_name`, the input's id column), status, label, score,
-    one `prob_<class>` per entry of `classes`, error code and message. `state` (a resumed
+    The columns are the id (named `id_name`, the input's id column), the input's
+    `features` if asked for, status, label, score, one `prob_<class>` per entry of
+    `classes`, error code and message. `state` (a resumed
     run's, else a new one) is where it picks up and what it records after each write.
     """
 
     def __init__(self, path: Path, fmt: str, total_rows: int, state: RunState, *,
                  id_name: str = "id", classes: Sequence[str] = (),
-                 labels: Sequence[str] = (), numbered_ids: bool = False) -> None:
+                 labels: Sequence[str] = (), numbered_ids: bool = False,
+                 features: Sequence[str] = ()) -> None:
         self.path, self.fmt, self.state = path, fmt, state
         self.id_name = id_name
+        self.feature_columns = list(features)
         self.class_columns = [f"prob_{label}" for label in classes]
         self._handle: Any = None
         self._parts = path.with_name(path.name + ".parts")
@@ -148,6 +154,7 @@ class ResultWriter:
         label_bytes = max([len(label.encode()) for label in labels] or [32])
         dtype = np.dtype([
             (self.id_name, "i8" if numbered_ids else f"S{NPY_WIDTHS['id']}"),
+            *[(c, "f4") for c in self.feature_columns],
             ("status", f"S{NPY_WIDTHS['status']}"), ("label", f"S{label_bytes}"),
             ("score", "f4"), *[(c, "f4") for c in self.class_columns],
             ("error_code", f"S{NPY_WIDTHS['error_code']}"),
@@ -163,7 +170,11 @@ class ResultWriter:
     def _columns(self, rows: ResultRows) -> dict[str, Any]:
         probabilities = np.asarray(rows.probabilities, dtype=np.float32).reshape(
             len(rows), len(self.class_columns))
-        return {self.id_name: rows.id, "status": rows.status, "label": rows.label,
+        features = np.asarray(rows.features if rows.features is not None else [],
+                              dtype=np.float32).reshape(len(rows), len(self.feature_columns))
+        return {self.id_name: rows.id,
+                **{c: features[:, j] for j, c in enumerate(self.feature_columns)},
+                "status": rows.status, "label": rows.label,
                 "score": rows.score,
                 **{c: probabilities[:, j] for j, c in enumerate(self.class_columns)},
                 "error_code": rows.error_code, "error_message": rows.error_message}
@@ -212,7 +223,7 @@ class ResultWriter:
 
     def _table(self, columns: dict[str, Any]) -> Any:
         pa = pyarrow_module("")
-        numbers = {"score", *self.class_columns}
+        numbers = {"score", *self.class_columns, *self.feature_columns}
         # A failed row's score and probabilities are empty cells (null), not "nan".
         arrays = [_nullable_floats(pa, values) if name in numbers
                   else pa.array(values, type=pa.string()) for name, values in columns.items()]

@@ -198,3 +198,34 @@ def test_a_submit_interrupted_by_ctrl_c_resumes_without_redoing_written_rows(
     # Rows in flight at the interrupt run again; rows written never do.
     assert len(x) <= summary.samples_submitted <= len(x) + 4 * 8192
     assert summary.samples_pending == 0
+
+
+def test_a_binary_classifiers_file_gets_its_positive_class_and_its_features_back(
+        settings: Settings, models_dir: Path, tmp_path: Path) -> None:
+    from model_factory import CREDIT_FEATURES, credit_table
+
+    table = credit_table(300, seed=5).drop(columns=["risk"])
+    order = ["years_employed", "user_id", "debt", "age", "income"]
+    table[order].to_csv(tmp_path / "credit.csv", index=False)
+    done = cli(settings, "submit", "credit.csv", "--model", "credit", "--id-column", "user_id",
+               "--include-features", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "by status: success 300" in done.stdout
+    assert "prob_low: min" in done.stdout  # the report shows the positive class
+    with (tmp_path / "credit.results.csv").open() as handle:
+        out = list(csv.DictReader(handle))
+    assert list(out[0]) == ["user_id", "years_employed", "debt", "age", "income", "status",
+                            "label", "score", "prob_low", "error_code", "error_message"]
+    session = ort.InferenceSession(str(models_dir / "credit" / "model.onnx"))
+    labels, maps = session.run(None, {c: table[[c]].to_numpy() for c in CREDIT_FEATURES})
+    assert [r["label"] for r in out] == list(labels)
+    np.testing.assert_allclose([float(r["prob_low"]) for r in out], [m["low"] for m in maps],
+                               rtol=1e-5)
+    np.testing.assert_allclose([float(r["debt"]) for r in out], table["debt"], rtol=1e-6)
+
+    table.drop(columns=["debt"]).to_csv(tmp_path / "short.csv", index=False)
+    short = cli(settings, "submit", "short.csv", "--model", "credit", cwd=tmp_path)
+    assert short.returncode == 2
+    assert "the table has missing columns ['debt']" in short.stderr
+    assert "column 'user_id' holds no numbers: if it holds ids, pass --id-column user_id" \
+        in short.stderr
