@@ -153,8 +153,8 @@ def _floats(column: Any, name: str, problems: dict[int, tuple[ErrorCode, str]]
                 out[row] = float(value)
             except (TypeError, ValueError):
                 not_numbers += 1
-                problems.setdefault(row, (ErrorCode.BAD_REQUEST,
-                                          f"column {name!r}: {value!r} is not a number"))
+                reason = "is empty" if value in (None, "") else f"{value!r} is not a number"
+                problems.setdefault(row, (ErrorCode.BAD_REQUEST, f"column {name!r}: {reason}"))
         return out, not_numbers
 
 

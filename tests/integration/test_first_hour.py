@@ -115,6 +115,7 @@ def _results_match_onnx_runtime_row_by_row(folder: Path) -> None:
     failed = {i: r for i, r in enumerate(rows) if r["status"] == "failure"}
     assert set(failed) == {3, 7}
     assert "column 'age': 'unknown' is not a number" in failed[7]["error_message"]
+    assert failed[3]["error_message"] == "column 'income': is empty"
     good = [i for i in range(len(rows)) if i not in failed]
     features = table.loc[good, FEATURES].astype("float32")
     session = ort.InferenceSession(str(folder / "credit.onnx"))

@@ -31,7 +31,7 @@ def test_csv_cells_that_are_not_numbers_fail_their_row_only(tmp_path: Path) -> N
     [batch] = read_rows(path, id_column="id", batch_rows=100)
     assert batch.ids == ["x", "y", "z"]
     assert batch.problems == {1: (ErrorCode.BAD_REQUEST, "column 'a': 'oops' is not a number"),
-                              2: (ErrorCode.BAD_REQUEST, "column 'b': '' is not a number")}
+                              2: (ErrorCode.BAD_REQUEST, "column 'b': is empty")}
     np.testing.assert_array_equal(batch.features[0], [1, 2])
     assert count_rows(path) == 3
 
