@@ -165,3 +165,20 @@ def test_a_config_stating_inputs_the_graph_lacks_is_refused(models_dir: Path,
     (tmp_path / "iris" / "config.json").write_text('{"inputs": {"pixels": {"shape": [64]}}}')
     with pytest.raises(ModelLoadError, match=r"states inputs \['pixels'\] that the graph lacks"):
         load(tmp_path, "iris")
+
+
+def test_feature_names_given_at_models_add_are_published_and_checked(
+        models_dir: Path, tmp_path: Path) -> None:
+    from inferfleet.errors import ModelLoadError
+    from inferfleet.features import feature_layout
+    from inferfleet.models.adding import add_model
+
+    source = models_dir / "iris_zipmap" / "model.onnx"
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    model = add_model(tmp_path, source, "iris", features=names)
+    assert model.signature.features == names
+    layout = feature_layout(load(tmp_path, "iris").signature)  # read back from its config
+    assert layout is not None and not layout.per_column and layout.names == names
+    with pytest.raises(ModelLoadError, match="config names 3 features, but its inputs"):
+        add_model(tmp_path, source, "iris", features=names[:3])
+    assert load(tmp_path, "iris").signature.version == "1"  # the refused add changed nothing
