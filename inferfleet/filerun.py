@@ -238,55 +238,56 @@ def _send(client: Client, batch: RowBatch, signature: ModelSignature,
 def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: FileReport,
             signature: ModelSignature, progress: Progress | None) -> None:
     results = client.results([job.id for job in flight.jobs], timeout=3600)
-    rows = ResultRows(id=list(flight.batch.ids),
-                      features=flight.batch.features if writer.feature_columns else None)
     classes = len(writer.class_columns)
-    for index, row in enumerate(row for result in results
-                                for row in _rows_of(result, signature.scores, classes)):
-        status, label, score, code, message, probabilities = row
-        if (problem := flight.batch.problems.get(index)) is not None:
-            # The worker saw NaN where the file had text: the file's reason says more.
-            code, message = problem[0].value, problem[1]
-        rows.status.append(status)
-        rows.label.append(label)
-        rows.score.append(score)
-        rows.error_code.append(code)
-        rows.error_message.append(message)
-        rows.probabilities.append(probabilities)
+    parts = [_result_columns(result, signature.scores, classes) for result in results]
+    rows = ResultRows(
+        id=list(flight.batch.ids),
+        **{name: np.concatenate([part[name] for part in parts]) if parts
+           else np.empty((0, classes) if name == "probabilities" else 0,
+                         np.float32 if name in ("score", "probabilities") else object)
+           for name in _COLUMNS},
+        features=flight.batch.features if writer.feature_columns else None)
+    for index, (code, message) in flight.batch.problems.items():
+        # The worker saw NaN where the file had text: the file's reason says more.
+        rows.error_code[index], rows.error_message[index] = code.value, message
     writer.write(rows)
     report.rows += len(rows)
-    report.by_status.update(rows.status)
-    succeeded = np.asarray(rows.status) == "success"
+    succeeded = rows.status == "success"
+    report.by_status.update(dict(zip(*np.unique(rows.status.astype(str), return_counts=True),
+                                     strict=True)))
     # A binary model's report shows its positive class's probability, the one a user
     # thresholds; other models' their top score.
-    shown = [p[0] for p in rows.probabilities] if classes == 1 else rows.score
+    shown = rows.probabilities[:, 0] if classes == 1 else rows.score
     report.scores.add(np.asarray(shown, dtype=np.float64)[succeeded])
     if progress is not None:
         progress(report.resumed_after + report.rows, report.total,
                  report.rows - report.by_status["success"])
 
 
-_Row = tuple[str, str, float, str, str, list[float]]
+_COLUMNS = ("status", "label", "score", "probabilities", "error_code", "error_message")
 
 
-def _rows_of(result: JobResult, scores_output: str | None, classes: int) -> Iterator[_Row]:
-    """(status, label, score, error code, error message, class probabilities) per sample,
-    from the columns; a binary model's one class column is its positive class."""
+def _result_columns(result: JobResult, scores_output: str | None, classes: int
+                    ) -> dict[str, npt.NDArray[Any]]:
+    """Each result column for the job's samples, in `ResultRows`' layout: a failed
+    sample's label is empty, its score and probabilities NaN, its error given; a binary
+    model's one class column is its positive class."""
     n = len(result.sample_ids)
-    labels = _column(result, "label", n)
-    scores = _column(result, "score", n)
-    probabilities = _probabilities(result, scores_output, classes, n)
-    errors = {e.index: e for e in result.errors}
-    job_error = result.error
-    for index, status in enumerate(result.sample_status):
-        error = errors.get(index) or (job_error if status != "success" else None)
-        if error is not None:
-            yield (status.value, "", float("nan"), error.code.value, error.message,
-                   [float("nan")] * classes)
-        else:
-            label = labels[index]
-            yield (status.value, "" if label is None else str(label), float(scores[index]),
-                   "", "", probabilities[index].tolist())
+    status = np.array([s.value for s in result.sample_status], dtype=object)
+    ok = status == "success"
+    labels = np.array(["" if v is None else str(v) for v in _column(result, "label", n)],
+                      dtype=object)
+    codes, messages = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
+    if result.error is not None:  # a whole-job failure is each failed sample's error
+        codes[~ok], messages[~ok] = result.error.code.value, result.error.message
+    for error in result.errors:
+        codes[error.index], messages[error.index] = error.code.value, error.message
+    return {
+        "status": status, "label": np.where(ok, labels, ""),
+        "score": np.where(ok, np.asarray(_column(result, "score", n), np.float32), np.nan),
+        "probabilities": np.where(ok[:, None], _probabilities(result, scores_output, classes,
+                                                              n), np.nan),
+        "error_code": codes, "error_message": messages}
 
 
 def _probabilities(result: JobResult, scores_output: str | None, classes: int, n: int

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from inferfleet.errors import BadArgumentError
 from inferfleet.files import pyarrow_module
@@ -40,16 +41,17 @@ NPY_WIDTHS = {"status": 8, "error_code": 24, "error_message": 160, "id": 64}
 
 @dataclass
 class ResultRows:
-    """Result rows in input order: ids, status, label, score, per-class probabilities and
-    error, one list each."""
+    """Result rows in input order, one column each: ids, status, label, score, per-class
+    probabilities (rows, classes) and error."""
 
-    id: list[str] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-    label: list[str] = field(default_factory=list)
-    score: list[float] = field(default_factory=list)
-    error_code: list[str] = field(default_factory=list)
-    error_message: list[str] = field(default_factory=list)
-    probabilities: list[list[float]] = field(default_factory=list)
+    id: Sequence[str] = ()
+    status: npt.NDArray[Any] = field(default_factory=lambda: np.empty(0, object))
+    label: npt.NDArray[Any] = field(default_factory=lambda: np.empty(0, object))
+    score: npt.NDArray[Any] = field(default_factory=lambda: np.empty(0, np.float32))
+    probabilities: npt.NDArray[Any] = field(
+        default_factory=lambda: np.empty((0, 0), np.float32))
+    error_code: npt.NDArray[Any] = field(default_factory=lambda: np.empty(0, object))
+    error_message: npt.NDArray[Any] = field(default_factory=lambda: np.empty(0, object))
     #: The input's features, (rows, features), when the results repeat them.
     features: Any = None
 
