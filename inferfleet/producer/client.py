@@ -174,8 +174,8 @@ class Client:
         `wait_for_room_s` for room, then raise.
 
         Raises:
-            InvalidInputError: listing each bad sample, if `strict` and any is bad, or if
-                none is valid (nothing is enqueued).
+            InvalidInputError: listing each bad sample, if `strict` and any is bad
+                (nothing is enqueued).
             UnknownModelError: if `validate` and no worker serves `model`.
             QueueFullError: if the model's queue has no room (nothing is enqueued).
             BadArgumentError: if the arguments cannot work (a table's missing or extra

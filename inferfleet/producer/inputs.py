@@ -65,13 +65,13 @@ def checked_inputs(columns: dict[str | None, SampleColumn], signature: ModelSign
 
     Raises:
         InvalidInputError: listing each bad sample with its error code and reason, if
-            `strict` and any is bad, or if none is valid.
+            `strict` and any is bad.
     """
     job = validate({str(k): v for k, v in columns.items()}, signature, limits)
     problems = job.each_problem()
     if not problems:
         return {name: array for name, array in job.inputs.items()}
-    if strict or len(problems) == n_samples(columns):
+    if strict:
         raise InvalidInputError(dict(sorted(problems.items())))
     specs = {spec.name: spec for spec in signature.inputs}
     return {name: _cast_where_safe(column, specs.get(str(name)))

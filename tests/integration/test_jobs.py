@@ -209,12 +209,15 @@ def test_a_bad_sample_fails_alone_and_strict_mode_refuses_it_before_enqueueing(
     expected = in_process(models_dir, "digits", samples[[0, 2]].astype(np.float32))
     np.testing.assert_allclose(result.column("probabilities")[[0, 2]], expected, rtol=1e-6)
 
+    wrong = client.submit("digits", np.ones((1, 65), np.float32)).result(timeout=30)
+    assert wrong.status == "failed" and wrong.samples[0].error is not None
+    assert wrong.samples[0].error.code == "bad_shape"
+
     before = client.redis.llen(keys.model_queue("digits"))
     with pytest.raises(InvalidInputError, match="sample 1: non_finite"):
         client.submit("digits", samples, strict=True)
-    # With no valid sample there is nothing to run: refused, strict or not.
     with pytest.raises(InvalidInputError, match="sample 0: bad_shape"):
-        client.submit("digits", np.ones((1, 65), np.float32))
+        client.submit("digits", np.ones((1, 65), np.float32), strict=True)
     assert client.redis.llen(keys.model_queue("digits")) == before
 
 
