@@ -3,9 +3,9 @@ stopped by a message it cannot handle.
 
 Celery buffers task events and publishes each buffer as one `task.multi` message, but it
 flushes on the event loop's next turn after any event: about one PUBLISH per job (three
-events each), ~17% of a worker's CPU on single-sample jobs (py-spy). Gathering them for a
-few milliseconds sends every job's events still, in far fewer messages; Flower sees
-them that much later.
+events each), ~17% of a worker's CPU on single-sample jobs (py-spy), and inline, in a pool
+thread, whenever 24 are buffered. Gathering them for up to `EVENT_FLUSH_S` sends every
+job's events still, in far fewer messages; Flower sees them that much later.
 
 Celery's task handler lets any error other than a decode or invalid-task error out of the
 event loop, which ends the worker (`Unrecoverable error`). The transport admits only
@@ -33,7 +33,13 @@ CONSUMER_PATH = "inferfleet.worker.consumer:Consumer"
 class Consumer(CeleryConsumer):
     """A Celery consumer whose event flushes wait up to `EVENT_FLUSH_S` for company."""
 
-    EVENT_FLUSH_S = 0.01
+    #: How long a task event may wait to be published with others. At 10 ms a worker
+    #: published ~25 events a message under single-sample load; at 50 ms, ~125: 12% less
+    #: worker CPU per job (alternating A/B runs, BENCHMARKS.md), Flower a little later.
+    EVENT_FLUSH_S = 0.05
+    #: Events buffered before a pool thread publishes them itself, at once (Celery's 24
+    #: made most publishes happen inline, in whichever job's thread sent the 24th).
+    EVENT_BUFFER_LIMIT = 1000
 
     # Set by Celery's Consumer; celery-types does not declare them.
     hub: Any
@@ -42,6 +48,12 @@ class Consumer(CeleryConsumer):
 
     _last_event_flush = 0.0
     _timed_flush_due = 0.0
+
+    def update_strategies(self) -> None:
+        # Runs after the events step made this connection's dispatcher.
+        super().update_strategies()
+        if self.event_dispatcher is not None:
+            self.event_dispatcher.buffer_limit = self.EVENT_BUFFER_LIMIT
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
