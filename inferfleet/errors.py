@@ -111,6 +111,18 @@ class BadArgumentError(InferfleetError, ValueError):
     """An argument to the Python API that cannot work, named with its bad value."""
 
 
+class JobIdConflictError(BadArgumentError):
+    """A caller-given job id that names a job submitted with other inputs (or without an
+    id of the caller's): that job and its result stay as they are."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job id {job_id!r} was submitted before with other inputs (model, version, "
+            "session, samples or ids): that job and its result stay as they are; retry "
+            "with the same inputs to get it, or give a new job_id")
+
+
 class UnknownModelError(InferfleetError):
     """A model name (or version) that the registry does not serve."""
 

@@ -81,34 +81,54 @@ return 1
 
 # KEYS: queue, session stats, deadlines, the queue's bell, then one job record per message.
 # ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, deadline_at
-# ('' for none), then per message its job id, sample count and envelope. Refuses the lot
-# if the queue has no room. Rings the bell once per message (up to 32: enough to wake
-# every idle worker of a machine), keeping at most 256 rings.
+# ('' for none), then per message its job id, sample count, envelope and fingerprint (''
+# for a job id the client made). A message whose caller-given job id has a record with the
+# same fingerprint is not pushed again (returned in the duplicates); one with another
+# fingerprint, or a record made without one, refuses the lot ({2, index}). Refuses the lot
+# if the queue has no room ({0, queued}). Rings the bell once per message (up to 32: enough
+# to wake every idle worker of a machine), keeping at most 256 rings.
 _ENQUEUE = """
 local n = #KEYS - 4
+local duplicate, fresh = {}, 0
+for i = 1, n do
+  local fingerprint = ARGV[6 + 4 * i]
+  if fingerprint ~= '' and redis.call('EXISTS', KEYS[4 + i]) == 1 then
+    if redis.call('HGET', KEYS[4 + i], 'fingerprint') ~= fingerprint then return {2, i} end
+    duplicate[i] = true
+  else
+    fresh = fresh + 1
+  end
+end
 local queued = redis.call('LLEN', KEYS[1])
 local limit = tonumber(ARGV[1])
-if limit > 0 and queued + n > limit then return {0, queued} end
+if limit > 0 and queued + fresh > limit then return {0, queued} end
 local total = 0
 for i = 1, n do
-  local job_id, samples = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  redis.call('HSET', KEYS[4 + i], 'state', 'queued', 'model', ARGV[3], 'session_id', ARGV[4],
-             'samples', samples, 'submitted_at', ARGV[5])
-  redis.call('EXPIRE', KEYS[4 + i], ARGV[2])
-  redis.call('LPUSH', KEYS[1], ARGV[6 + 3 * i])
-  if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
-  total = total + samples
+  if not duplicate[i] then
+    local job_id, samples = ARGV[3 + 4 * i], ARGV[4 + 4 * i]
+    redis.call('HSET', KEYS[4 + i], 'state', 'queued', 'model', ARGV[3], 'session_id',
+               ARGV[4], 'samples', samples, 'submitted_at', ARGV[5])
+    if ARGV[6 + 4 * i] ~= '' then
+      redis.call('HSET', KEYS[4 + i], 'fingerprint', ARGV[6 + 4 * i])
+    end
+    redis.call('EXPIRE', KEYS[4 + i], ARGV[2])
+    redis.call('LPUSH', KEYS[1], ARGV[5 + 4 * i])
+    if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
+    total = total + samples
+  end
 end
-for i = 1, math.min(n, 32) do redis.call('LPUSH', KEYS[4], '1') end
-redis.call('LTRIM', KEYS[4], 0, 255)
-if ARGV[4] ~= '' then
-  redis.call('HINCRBY', KEYS[2], 'jobs_submitted', n)
+for i = 1, math.min(fresh, 32) do redis.call('LPUSH', KEYS[4], '1') end
+if fresh > 0 then redis.call('LTRIM', KEYS[4], 0, 255) end
+if ARGV[4] ~= '' and fresh > 0 then
+  redis.call('HINCRBY', KEYS[2], 'jobs_submitted', fresh)
   redis.call('HINCRBY', KEYS[2], 'samples_submitted', total)
   redis.call('HINCRBY', KEYS[2], 'model:' .. ARGV[3] .. ':submitted', total)
   redis.call('HSETNX', KEYS[2], 'first_submitted_at', ARGV[5])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-return {1, queued + n}
+local reply = {1, queued + fresh}
+for i = 1, n do if duplicate[i] then table.insert(reply, i) end end
+return reply
 """
 
 # KEYS: job.  ARGV: ttl, started_at.  A terminal state is never turned back to running.
@@ -201,6 +221,10 @@ class Enqueued:
     accepted: bool
     queued: int
     replicas: int | None = None
+    #: Jobs not pushed: their caller-given id was submitted before with the same inputs.
+    duplicates: frozenset[str] = frozenset()
+    #: A job refused the lot: its caller-given id belongs to a job with other inputs.
+    conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +234,8 @@ class QueuedJob:
     job_id: str
     samples: int
     envelope: bytes
+    #: For a job id the caller gave: what makes a submit the same one (see `fingerprint`).
+    fingerprint: str = ""
 
 
 class Ledger:
@@ -245,13 +271,17 @@ class Ledger:
         args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at,
                            "" if deadline_at is None else deadline_at]
         for job in jobs:
-            args += [job.job_id, job.samples, job.envelope]
+            args += [job.job_id, job.samples, job.envelope, job.fingerprint]
         call_keys = [queue, session_key, keys.DEADLINES, keys.queue_bell(queue),
                      *(keys.job(job.job_id) for job in jobs)]
         extra = [("WAIT", wait_replicas, wait_timeout_ms)] if wait_replicas else []
-        (accepted, queued), *waited = self._eval_many(self._enqueue, [(call_keys, args)],
-                                                      extra=extra)
-        return Enqueued(bool(accepted), int(queued), int(waited[0]) if waited else None)
+        (outcome, *waited) = self._eval_many(self._enqueue, [(call_keys, args)], extra=extra)
+        accepted, queued, *duplicates = (int(value) for value in outcome)
+        replicas = int(waited[0]) if waited else None
+        if accepted == 2:  # `queued` is the index (from 1) of the job that conflicts
+            return Enqueued(False, 0, replicas, conflict=jobs[queued - 1].job_id)
+        return Enqueued(bool(accepted), queued, replicas,
+                        frozenset(jobs[i - 1].job_id for i in duplicates))
 
     def reap(self, *, grace_s: float, backstop_s: float, limit: int = 500) -> list[str]:
         """End with `expired` the jobs whose deadline passed more than `grace_s` ago and

@@ -9,6 +9,7 @@ pub/sub subscription.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import re
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
+import orjson
 import redis
 
 from inferfleet import keys
@@ -25,6 +27,7 @@ from inferfleet.connections import redis_client
 from inferfleet.errors import (
     BadArgumentError,
     DurabilityError,
+    JobIdConflictError,
     QueueFullError,
     UnknownModelError,
 )
@@ -40,7 +43,13 @@ from inferfleet.producer.tables import (
     records_inputs,
 )
 from inferfleet.producer.wire import Wire
-from inferfleet.schemas import MODEL_NAME_PATTERN, WIRE_VERSION, JobResult, SessionSummary
+from inferfleet.schemas import (
+    JOB_ID_PATTERN,
+    MODEL_NAME_PATTERN,
+    WIRE_VERSION,
+    JobResult,
+    SessionSummary,
+)
 from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
 from inferfleet.validation import Limits, SampleColumn
@@ -99,6 +108,16 @@ class _Message:
     job_id: str
     kwargs: dict[str, Any]
     samples: int
+    given_id: bool = False  # the caller's job id: the submit is idempotent
+
+    def fingerprint(self) -> str:
+        """What makes two submits under one job id the same job: a SHA-256 of its model,
+        version, session, inputs and sample ids (not of its times or notify list)."""
+        if not self.given_id:
+            return ""
+        same = {name: self.kwargs.get(name) for name in
+                ("model", "model_version", "session_id", "inputs", "sample_ids")}
+        return hashlib.sha256(orjson.dumps(same, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class Client:
@@ -161,7 +180,7 @@ class Client:
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
                deadline_s: float | None = None, validate: bool = True, strict: bool = False,
-               wait_for_room_s: float = 0.0) -> Job:
+               wait_for_room_s: float = 0.0, job_id: str | None = None) -> Job:
         """Enqueue one job holding every sample of `samples`.
 
         `samples` is an array whose first axis is the samples, a dict of input name to
@@ -180,11 +199,16 @@ class Client:
             QueueFullError: if the model's queue has no room (nothing is enqueued).
             BadArgumentError: if the arguments cannot work (a table's missing or extra
                 columns are named).
+            JobIdConflictError: if `job_id` names a job submitted with other inputs.
         """
+        if job_id is not None and (not isinstance(job_id, str) or
+                                   not re.match(JOB_ID_PATTERN, job_id)):
+            raise BadArgumentError(f"job_id {job_id!r} must be a string matching "
+                                   f"{JOB_ID_PATTERN}")
         return self._submit(model, samples, job_size=None, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
-                            wait_for_room_s=wait_for_room_s)[0]
+                            wait_for_room_s=wait_for_room_s, job_id=job_id)[0]
 
     @_broker_errors
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
@@ -229,7 +253,8 @@ class Client:
     def _submit(self, model: str, samples: Any, *, job_size: int | None,
                 session_id: str | None, sample_ids: Sequence[str] | None,
                 model_version: str | None, deadline_s: float | None,
-                validate: bool, strict: bool, wait_for_room_s: float) -> list[Job]:
+                validate: bool, strict: bool, wait_for_room_s: float,
+                job_id: str | None = None) -> list[Job]:
         _check_model_name(model)
         if session_id is not None:
             check_session_id(session_id)
@@ -258,10 +283,10 @@ class Client:
         jobs: list[Job] = []
         for chunk_start, chunk_stop in _chunks(total, size):
             messages = [
-                _Message(str(uuid.uuid4()), {
+                _Message(job_id or str(uuid.uuid4()), {
                     **common, "inputs": encode_inputs(columns, start, min(start + size, total)),
                     "sample_ids": None if ids is None else ids[start:start + size]},
-                    min(start + size, total) - start)
+                    min(start + size, total) - start, given_id=job_id is not None)
                 for start in range(chunk_start, chunk_stop, size)]
             self._publish(model, session_id, messages, submitted_at, deadline_at,
                           wait_for_room_s, jobs)
@@ -308,7 +333,7 @@ class Client:
         session = f", session: {session_id!r}" if session_id else ""
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
             m.job_id, queue, m.kwargs, f"{{model: {model!r}{session}, samples: {m.samples}}}",
-            shadow=shown_name(model))) for m in messages]
+            shadow=shown_name(model)), m.fingerprint()) for m in messages]
         biggest = max(len(job.envelope) for job in queued_jobs)
         if biggest > self.settings.max_message_bytes:
             raise BadArgumentError(
@@ -325,6 +350,8 @@ class Client:
                     wait_timeout_ms=self.settings.wait_timeout_ms)
             except redis.exceptions.OutOfMemoryError as exc:
                 raise core.broker_full(self.settings, submitted) from exc
+            if outcome.conflict is not None:
+                raise JobIdConflictError(outcome.conflict)
             if outcome.accepted:
                 self._check_replicas(outcome, [*submitted, *(
                     Job(m.job_id, model, m.samples, session_id, self, deadline_at)

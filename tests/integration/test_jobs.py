@@ -247,6 +247,42 @@ def test_zipmap_fixed_batch_and_bare_models_are_served(client: Client,
         bare.column("label"), in_process(models_dir, "digits", pixels[:5]).argmax(axis=1))
 
 
+def test_a_submit_with_a_job_id_is_idempotent_and_refuses_other_inputs(
+        client: Client, models_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inferfleet.errors import JobIdConflictError
+
+    x = holdout(models_dir)[0][:3]
+    job_id = f"order-{uuid.uuid4().hex[:8]}"
+    session = f"idem-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(4) as pool:  # retries racing each other: one job
+        jobs = list(pool.map(lambda _: client.submit("digits", x, session_id=session,
+                                                     job_id=job_id), range(8)))
+    assert {job.id for job in jobs} == {job_id}
+    first = jobs[0].result(timeout=30)
+    assert first.job_id == job_id and first.status == "succeeded"
+    def stored(result: JobResult) -> tuple[object, ...]:  # the one stored result, unchanged
+        return (result.batch_ids, result.latency_ms, result.column("label"))
+
+    again = client.submit("digits", x, session_id=session, job_id=job_id)  # after it ran
+    assert again.id == job_id and stored(again.result(timeout=5)) == stored(first)
+    summary = client.session_summary(session)
+    assert (summary.jobs_submitted, summary.samples_submitted) == (1, 3)
+
+    for other in ({"samples": x[:2]}, {"samples": x, "session_id": "elsewhere"},
+                  {"samples": x, "sample_ids": ["a", "b", "c"]}):
+        options = {"session_id": session, **other}
+        with pytest.raises(JobIdConflictError, match=f"job id '{job_id}' was submitted"):
+            client.submit("digits", options.pop("samples"), job_id=job_id, **options)
+    assert stored(client.result(job_id, timeout=5)) == stored(first)  # never overwritten
+    plain = client.submit("digits", x)  # a job id the client made is no one else's
+    with pytest.raises(JobIdConflictError):
+        client.submit("digits", x, job_id=plain.id)
+    with pytest.raises(BadArgumentError, match="job_id"):
+        client.submit("digits", x, job_id="")
+
+
 def test_the_async_client_mirrors_the_client(settings: Settings, models_dir: Path) -> None:
     x, _ = holdout(models_dir)
 

@@ -3,8 +3,8 @@ import inferfleet
 PUBLIC = [
     "AsyncClient", "BadArgumentError", "BrokerError", "BrokerFullError", "Client",
     "ConfigurationError", "ErrorCode", "ErrorInfo",
-    "InferfleetError", "InvalidInputError", "Job", "JobResult", "JobStatus", "QueueFullError",
-    "ResultTimeoutError",
+    "InferfleetError", "InvalidInputError", "Job", "JobIdConflictError", "JobResult",
+    "JobStatus", "QueueFullError", "ResultTimeoutError",
     "SampleResult", "SampleStatus", "Settings", "UnknownModelError",
 ]
 
