@@ -13,6 +13,7 @@ from inferfleet.errors import (
     JobIdConflictError,
     QueueFullError,
     ResultTimeoutError,
+    StreamInterruptedError,
     UnknownModelError,
 )
 from inferfleet.producer import AsyncClient, Client, Job
@@ -43,5 +44,6 @@ __all__ = [
     "SampleResult",
     "SampleStatus",
     "Settings",
+    "StreamInterruptedError",
     "UnknownModelError",
 ]

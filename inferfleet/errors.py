@@ -155,3 +155,14 @@ class ResultTimeoutError(InferfleetError, TimeoutError):
         self.job_id = job_id
         self.timeout_s = timeout_s
         super().__init__(f"no result for job {job_id} within {timeout_s:g} s")
+
+
+class StreamInterruptedError(BrokerError):
+    """Redis failed mid-stream (`Client.stream`); `position` results were yielded,
+    counting from the stream's `start`."""
+
+    def __init__(self, position: int, cause: BaseException) -> None:
+        self.position = position
+        super().__init__(f"the stream stopped after {position} result(s): {cause}. Resume "
+                         f"with stream(model, islice(samples, {position} - start, None), "
+                         f"start={position})")

@@ -7,13 +7,14 @@ redis-py; publishing, `results` and `subscribe` run `Client`'s own in a thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 from inferfleet.connections import async_redis_client
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.client import Client, Job
+from inferfleet.producer.stream import stream_async
 from inferfleet.schemas import JobResult, SampleResult, SessionSummary
 from inferfleet.settings import Settings
 
@@ -55,6 +56,15 @@ class AsyncClient:
     async def submit_many(self, model: str, samples: Any, **options: Any) -> list[Job]:
         """`Client.submit_many`, without blocking the event loop."""
         return await asyncio.to_thread(self._sync.submit_many, model, samples, **options)
+
+    def stream(self, model: str, samples: AsyncIterable[Any] | Iterable[Any], *,
+               max_in_flight: int = 1024, job_size: int | None = None,
+               session_id: str | None = None, start: int = 0, timeout: float = 300.0,
+               **options: Any) -> AsyncIterator[SampleResult]:
+        """`Client.stream` over an async (or plain) iterable: `async for` its results."""
+        return stream_async(self, model, samples, max_in_flight=max_in_flight,
+                            job_size=job_size, start=start, timeout_s=timeout,
+                            options={"session_id": session_id, **options})
 
     async def result(self, job_id: str, *, timeout: float = 30.0,
                      deadline_at: float | None = None) -> JobResult:

@@ -36,6 +36,7 @@ from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
 from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
 from inferfleet.producer.publish import shown_name, task_envelope
+from inferfleet.producer.stream import stream
 from inferfleet.producer.tables import (
     frame_inputs,
     is_data_frame,
@@ -48,6 +49,7 @@ from inferfleet.schemas import (
     MODEL_NAME_PATTERN,
     WIRE_VERSION,
     JobResult,
+    SampleResult,
     SessionSummary,
 )
 from inferfleet.sessions import Subscription, check_session_id
@@ -229,6 +231,29 @@ class Client:
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
                             wait_for_room_s=wait_for_room_s)
+
+    def stream(self, model: str, samples: Iterable[Any], *, max_in_flight: int = 1024,
+               job_size: int | None = None, session_id: str | None = None, start: int = 0,
+               timeout: float = 300.0, **options: Any) -> Iterator[SampleResult]:
+        """Every sample of `samples` (any iterable or generator, one sample per item)
+        through the fleet: its `SampleResult`s in input order as they land, with at most
+        `max_in_flight` samples out at once, so memory stays flat however long it is.
+
+        Samples go in jobs of `job_size` (default: a quarter of `max_in_flight`, at most
+        256), their ids their positions from `start`. A bad sample is a failed result in
+        the stream. `options` are those of `submit` (`model_version`, `deadline_s`, ...).
+
+        Raises:
+            StreamInterruptedError: (a BrokerError) if Redis fails or stalls, within the
+                socket timeout, with `position`: resume with `stream(model,
+                islice(samples, position - start, None), start=position)`.
+            BadArgumentError: for bounds that cannot work, or samples that cannot be read.
+        """
+        if session_id is not None:
+            check_session_id(session_id)
+        return stream(self, model, samples, max_in_flight=max_in_flight, job_size=job_size,
+                      start=start, timeout_s=timeout,
+                      options={"session_id": session_id, **options})
 
     def predict_frame(self, model: str, frame: Any, *, job_size: int = 256,
                       session_id: str | None = None, timeout: float = 300.0,

@@ -5,7 +5,8 @@ PUBLIC = [
     "ConfigurationError", "ErrorCode", "ErrorInfo",
     "InferfleetError", "InvalidInputError", "Job", "JobIdConflictError", "JobResult",
     "JobStatus", "QueueFullError", "ResultTimeoutError",
-    "SampleResult", "SampleStatus", "Settings", "UnknownModelError",
+    "SampleResult", "SampleStatus", "Settings", "StreamInterruptedError",
+    "UnknownModelError",
 ]
 
 
