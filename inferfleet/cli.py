@@ -125,6 +125,16 @@ def _operations_commands(sub: Subparsers) -> None:
                       help="entries to replay, as numbered by 'list' (default: all)")
     dead.set_defaults(run=_dead)
 
+    health = sub.add_parser("health", help="exit 0 when the fleet can serve, else 1 with why")
+    health.add_argument("--model", action="append", default=[],
+                        help="check this model only (repeatable; default: every model)")
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.add_argument("--max-queue-age", type=float, default=300.0, metavar="S",
+                        help="unhealthy when a model's oldest queued job is older")
+    health.add_argument("--dead-letter-window", type=float, default=300.0, metavar="S",
+                        help="unhealthy when a message was dead-lettered this recently")
+    health.set_defaults(run=_health)
+
     models = sub.add_parser("models", help="list the models in the models folder, or add one")
     models.add_argument("action", nargs="?", choices=["list", "add"], default="list")
     models.add_argument("file", nargs="?", type=Path, help="add: the .onnx file to install")
@@ -292,6 +302,25 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"model": result.model, "samples": counts,
                               "latency_ms": result.latency_ms}, indent=2))
     return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from inferfleet.connections import redis_client
+    from inferfleet.health import check, render, unreachable
+
+    client = redis_client(settings)
+    try:
+        report = check(client, settings, models=args.model,
+                       max_queue_age_s=args.max_queue_age,
+                       dead_letter_window_s=args.dead_letter_window)
+    except redis.RedisError as exc:
+        report = unreachable(settings, exc)
+    finally:
+        client.close()
+    print(report.to_json().decode() if args.json else render(report))
+    return 0 if report.healthy else 1
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:

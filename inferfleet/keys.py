@@ -32,6 +32,10 @@ UNACKED_INDEX = "unacked_index"
 #: Holders of taken messages (worker channels) by their last heartbeat, in Redis time
 #: (see `liveness`), and the lapsed ones whose messages are owed back to their queues.
 HOLDERS = f"{PREFIX}:holders"
+#: Each worker's node name -> JSON of the models it serves (see `inferfleet.health`).
+WORKERS = f"{PREFIX}:workers"
+#: Each worker's node name, scored by when it last announced itself (Redis's clock).
+WORKERS_SEEN = f"{PREFIX}:workers:seen"
 LAPSED_HOLDERS = f"{PREFIX}:holders:lapsed"
 
 

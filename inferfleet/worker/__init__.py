@@ -13,14 +13,17 @@ import os
 import socket
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_shutdown
+from celery.utils.nodenames import host_format
 
 from inferfleet import keys, logs
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
-from inferfleet.settings import Settings
+from inferfleet.health import announce
+from inferfleet.settings import Settings, mask_url
 from inferfleet.worker.consumer import CONSUMER_PATH
 from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.intake import (
@@ -95,13 +98,21 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
         service.discovery = ModelDiscovery(service.pool.registry, served, service.warm_up)
         service.housekeeping.every(ModelDiscovery.CHECK_S, service.discovery.check,
                                    name="model discovery")
+    node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
+
+    def serving() -> list[str]:
+        return sorted(service.discovery.served) if service.discovery else served
+
+    service.housekeeping.every(settings.heartbeat_interval_s,
+                               lambda: announce(service.client, host_format(node), serving()),
+                               name="announce")
     if settings.metrics_port:
         service.metrics = WorkerMetrics(service.client, served)
-        service.metrics.serve(settings.metrics_port)
+        service.metrics.serve(settings.metrics_port,
+                              not_ready=lambda: _not_ready(service, serving()))
     service.start()
     worker_shutdown.connect(lambda **_: service.stop(), weak=False)
     queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
-    node = hostname or f"inferfleet-{os.getpid()}@{socket.gethostname()}"
     app.worker_main([
         # --quiet (no banner) is Celery's global option: it comes before the command.
         *(["--quiet"] if settings.log_format == "json" else []),
@@ -109,6 +120,17 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
         f"--queues={','.join(queues)}", "--events", "--without-gossip", "--without-mingle",
         f"--hostname={node}", f"--loglevel={loglevel}",
     ])
+
+
+def _not_ready(service: InferenceService, serving: list[str]) -> str | None:
+    """Why this worker cannot take jobs (its `/readyz`), or None."""
+    if not serving:
+        return "no model loaded: none in the models folder loads (see the worker's log)"
+    try:
+        service.client.ping()
+    except redis.RedisError as exc:
+        return f"redis {mask_url(service.settings.redis_url)} does not answer: {exc}"
+    return None
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,10 +62,27 @@ class WorkerMetrics:
         return Histogram(f"inferfleet_{what}_seconds", doc, ["model"], buckets=_SECONDS,
                          registry=self.registry)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Serve `/metrics` on `port` from a daemon thread."""
-        start_http_server(port, addr=address, registry=self.registry)
-        logger.info("Prometheus metrics on http://%s:%d/metrics", address, port)
+    def serve(self, port: int, address: str = "0.0.0.0", *,
+              not_ready: Callable[[], str | None] = lambda: None) -> None:
+        """Serve `/metrics`, `/healthz` (the process answers) and `/readyz` (200 when
+        `not_ready()` gives no reason, else 503 with it) on `port`, from a daemon thread."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                return _text(start_response, "200 OK", "ok")
+            if path == "/readyz":
+                reason = not_ready()
+                return _text(start_response, "503 Service Unavailable" if reason else
+                             "200 OK", reason or "ready")
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+        server = make_server(address, port, app, server_class=_ThreadingWSGIServer,
+                             handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        logger.info("Prometheus metrics on http://%s:%d/metrics (probes: /healthz, /readyz)",
+                    address, port)
 
     def job_done(self, result: WireResult, write_s: float) -> None:
         """Count a stored job and its samples, and its times."""
@@ -82,6 +102,20 @@ class WorkerMetrics:
     def batch_done(self, model: str, rows: int, seconds: float) -> None:
         self.batch_rows.labels(model).observe(rows)
         self.inference_seconds.labels(model).observe(seconds)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes: no log
+        pass
+
+
+def _text(start_response: Any, status: str, body: str) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [body.encode() + b"\n"]
 
 
 class _QueueCollector(Collector):
@@ -110,13 +144,13 @@ class _QueueCollector(Collector):
         now = time.time()
         for model, length, oldest in zip(models, replies[::2], replies[1::2], strict=True):
             depth.add_metric([model], int(length))
-            submitted = _submitted_at(oldest)
+            submitted = submitted_at(oldest)
             age.add_metric([model], max(0.0, now - submitted) if submitted else 0.0)
         yield depth
         yield age
 
 
-def _submitted_at(raw: bytes | None) -> float | None:
+def submitted_at(raw: bytes | None) -> float | None:
     """The `submitted_at` of a queued message, if it is one of ours and says."""
     if raw is None:
         return None
