@@ -9,16 +9,12 @@ pub/sub subscription.
 from __future__ import annotations
 
 import functools
-import hashlib
-import itertools
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
-import orjson
 import redis
 
 from inferfleet import keys
@@ -34,19 +30,20 @@ from inferfleet.errors import (
 from inferfleet.ledger import Enqueued, Ledger, QueuedJob, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
-from inferfleet.producer.inputs import as_columns, checked_inputs, encode_inputs, n_samples
+from inferfleet.producer.inputs import checked_inputs, encode_inputs, n_samples
+from inferfleet.producer.messages import (
+    Message,
+    check_job_id,
+    check_model_name,
+    chunks,
+    sample_ids_of,
+    samples_as_columns,
+)
 from inferfleet.producer.publish import shown_name, task_envelope
 from inferfleet.producer.stream import stream
-from inferfleet.producer.tables import (
-    frame_inputs,
-    is_data_frame,
-    is_feature_records,
-    records_inputs,
-)
+from inferfleet.producer.tables import is_data_frame
 from inferfleet.producer.wire import Wire
 from inferfleet.schemas import (
-    JOB_ID_PATTERN,
-    MODEL_NAME_PATTERN,
     WIRE_VERSION,
     JobResult,
     SampleResult,
@@ -54,16 +51,11 @@ from inferfleet.schemas import (
 )
 from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
-from inferfleet.validation import Limits, SampleColumn
+from inferfleet.validation import Limits
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Jobs whose messages are built and published per round trip in `submit_many`: the
-#: first chunk is small and each next one twice as big, up to the last, so that workers
-#: start on the first jobs while the rest are being built (with 64 from the start, the
-#: first result of a 196-job submit came 130-180 ms in).
-PUBLISH_CHUNK_JOBS = (4, 8, 16, 32, 64)
 #: How often a submit waiting for room in a full queue looks again.
 ROOM_POLL_S = 0.05
 #: How long a published signature is trusted before it is read again.
@@ -103,23 +95,6 @@ class Job:
     def status(self) -> str:
         """queued, running, a terminal status, or unknown."""
         return self.client.status(self.id)
-
-
-@dataclass(frozen=True)
-class _Message:
-    job_id: str
-    kwargs: dict[str, Any]
-    samples: int
-    given_id: bool = False  # the caller's job id: the submit is idempotent
-
-    def fingerprint(self) -> str:
-        """What makes two submits under one job id the same job: a SHA-256 of its model,
-        version, session, inputs and sample ids (not of its times or notify list)."""
-        if not self.given_id:
-            return ""
-        same = {name: self.kwargs.get(name) for name in
-                ("model", "model_version", "session_id", "inputs", "sample_ids")}
-        return hashlib.sha256(orjson.dumps(same, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class Client:
@@ -194,6 +169,11 @@ class Client:
         enqueued. If the model's queue is at `max_queued_jobs`, wait up to
         `wait_for_room_s` for room, then raise.
 
+        `job_id` makes the submit idempotent: a retry with the same id and the same
+        inputs (model, version, session, samples, sample ids) returns the job submitted
+        first, enqueued once; the same id with other inputs is refused. Without it, each
+        submit is a new job with a fresh id.
+
         Raises:
             InvalidInputError: listing each bad sample, if `strict` and any is bad
                 (nothing is enqueued).
@@ -203,10 +183,7 @@ class Client:
                 columns are named).
             JobIdConflictError: if `job_id` names a job submitted with other inputs.
         """
-        if job_id is not None and (not isinstance(job_id, str) or
-                                   not re.match(JOB_ID_PATTERN, job_id)):
-            raise BadArgumentError(f"job_id {job_id!r} must be a string matching "
-                                   f"{JOB_ID_PATTERN}")
+        check_job_id(job_id)
         return self._submit(model, samples, job_size=None, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
@@ -280,12 +257,12 @@ class Client:
                 model_version: str | None, deadline_s: float | None,
                 validate: bool, strict: bool, wait_for_room_s: float,
                 job_id: str | None = None) -> list[Job]:
-        _check_model_name(model)
+        check_model_name(model)
         if session_id is not None:
             check_session_id(session_id)
         table = is_data_frame(samples)
         signature = self._signature(model) if validate or table else None
-        columns, table_ids = self._columns(samples, signature)
+        columns, table_ids = samples_as_columns(samples, signature)
         total = n_samples(columns)
         if total == 0:
             raise BadArgumentError("no samples to submit")
@@ -298,7 +275,7 @@ class Client:
             # Every sample is checked here; the per-job limit was checked just above.
             limits = replace(self._limits, max_job_samples=total)
             columns = checked_inputs(columns, signature, limits, strict=strict)
-        ids = _sample_ids(sample_ids if sample_ids is not None else table_ids, total)
+        ids = sample_ids_of(sample_ids if sample_ids is not None else table_ids, total)
         submitted_at = time.time()
         deadline_at = submitted_at + self._checked_deadline_s(deadline_s)
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
@@ -306,9 +283,9 @@ class Client:
                   "notify": self.notify_list,
                   "deadline_at": deadline_at}
         jobs: list[Job] = []
-        for chunk_start, chunk_stop in _chunks(total, size):
+        for chunk_start, chunk_stop in chunks(total, size):
             messages = [
-                _Message(job_id or str(uuid.uuid4()), {
+                Message(job_id or str(uuid.uuid4()), {
                     **common, "inputs": encode_inputs(columns, start, min(start + size, total)),
                     "sample_ids": None if ids is None else ids[start:start + size]},
                     min(start + size, total) - start, given_id=job_id is not None)
@@ -318,18 +295,6 @@ class Client:
             jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
                      for m in messages]
         return jobs
-
-    def _columns(self, samples: Any, signature: ModelSignature | None
-                 ) -> tuple[dict[str | None, SampleColumn], list[str] | None]:
-        """Each input's samples, and the sample ids a table carries (a DataFrame's index)."""
-        if signature is not None and is_data_frame(samples):
-            inputs, ids = frame_inputs(samples, signature)
-            return {name: array for name, array in inputs.items()}, ids
-        if is_feature_records(samples, signature):
-            assert signature is not None  # for mypy: checked by is_feature_records
-            inputs = records_inputs(samples, signature)
-            return {name: array for name, array in inputs.items()}, None
-        return as_columns(samples, signature), None
 
     def _checked_deadline_s(self, deadline_s: float | None) -> float:
         """The job's deadline from now: the one given, else `default_deadline_s`.
@@ -345,7 +310,7 @@ class Client:
                                    f"{self.settings.result_ttl_s}], got {deadline_s!r}")
         return deadline_s
 
-    def _publish(self, model: str, session_id: str | None, messages: list[_Message],
+    def _publish(self, model: str, session_id: str | None, messages: list[Message],
                  submitted_at: float, deadline_at: float | None, wait_for_room_s: float,
                  submitted: list[Job]) -> None:
         """Push the messages with their ledger records in one atomic round trip.
@@ -476,26 +441,3 @@ class Client:
         return core.run(core.session_summary(session_id), self.redis, self.settings)
 
 
-def _chunks(total: int, job_size: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) sample ranges of the publish chunks (`PUBLISH_CHUNK_JOBS`)."""
-    start = 0
-    for jobs in itertools.chain(PUBLISH_CHUNK_JOBS, itertools.repeat(PUBLISH_CHUNK_JOBS[-1])):
-        if start >= total:
-            return
-        stop = min(total, start + jobs * job_size)
-        yield start, stop
-        start = stop
-
-
-def _check_model_name(model: str) -> None:
-    if not isinstance(model, str) or not re.match(MODEL_NAME_PATTERN, model):
-        raise BadArgumentError(f"model name {model!r} must match {MODEL_NAME_PATTERN}")
-
-
-def _sample_ids(sample_ids: Sequence[str] | None, total: int) -> list[str] | None:
-    if sample_ids is None:
-        return None
-    ids = [str(sample_id) for sample_id in sample_ids]
-    if len(ids) != total:
-        raise BadArgumentError(f"{len(ids)} sample_ids given for {total} samples")
-    return ids
