@@ -45,44 +45,71 @@ def stream_job_size(max_in_flight: int, job_size: int | None) -> int:
     return size
 
 
+class _Window:
+    """The bookkeeping both streams share: the chunk being gathered, the jobs out (oldest
+    first), how many samples they hold, and the ids to give next."""
+
+    def __init__(self, max_in_flight: int, job_size: int | None, start: int) -> None:
+        self.size = stream_job_size(max_in_flight, job_size)
+        self.max_in_flight = max_in_flight
+        self.in_flight: deque[Job] = deque()
+        self.held = 0
+        self.next_id = start
+        self.chunk: list[Any] = []
+
+    def gather(self, sample: Any) -> bool:
+        """Add a sample; whether the chunk is a whole job now."""
+        self.chunk.append(sample)
+        return len(self.chunk) >= self.size
+
+    def full(self) -> bool:
+        """Whether the chunk must wait for the oldest job's results to be sent."""
+        return bool(self.in_flight) and self.held + len(self.chunk) > self.max_in_flight
+
+    def oldest(self) -> Job:
+        job = self.in_flight.popleft()
+        self.held -= job.n_samples
+        return job
+
+    def take_chunk(self) -> tuple[list[Any], list[str]]:
+        """The chunk to send and its sample ids (positions in the stream)."""
+        chunk, first = self.chunk, self.next_id
+        self.chunk, self.next_id = [], first + len(chunk)
+        return chunk, [str(i) for i in range(first, first + len(chunk))]
+
+    def sent(self, job: Job) -> None:
+        self.in_flight.append(job)
+        self.held += job.n_samples
+
+
 def stream(client: Client, model: str, samples: Iterable[Any], *, max_in_flight: int,
            job_size: int | None, start: int, timeout_s: float,
            options: dict[str, Any]) -> Iterator[SampleResult]:
     """`Client.stream` (see the module docstring)."""
-    size = stream_job_size(max_in_flight, job_size)
-    in_flight: deque[Job] = deque()
-    held = 0
-    position = next_id = start
-    chunk: list[Any] = []
+    window = _Window(max_in_flight, job_size, start)
+    position = start
+
+    def send() -> None:
+        chunk, ids = window.take_chunk()
+        window.sent(client.submit(model, chunk, sample_ids=ids, **options))
+
     try:
         for sample in samples:
-            chunk.append(sample)
-            if len(chunk) < size:
+            if not window.gather(sample):
                 continue
-            while held + len(chunk) > max_in_flight:  # wait for room before sending more
-                job = in_flight.popleft()
-                held -= job.n_samples
-                for result in job.result(timeout=timeout_s).samples:
+            while window.full():  # wait for room before sending more
+                for result in window.oldest().result(timeout=timeout_s).samples:
                     yield result
                     position += 1
-            in_flight.append(_submit(client, model, chunk, next_id, options))
-            held += len(chunk)
-            next_id += len(chunk)
-            chunk = []
-        if chunk:
-            in_flight.append(_submit(client, model, chunk, next_id, options))
-        while in_flight:
-            for result in in_flight.popleft().result(timeout=timeout_s).samples:
+            send()
+        if window.chunk:
+            send()
+        while window.in_flight:
+            for result in window.oldest().result(timeout=timeout_s).samples:
                 yield result
                 position += 1
     except BrokerError as exc:
         raise StreamInterruptedError(position, exc) from exc
-
-
-def _submit(client: Client, model: str, chunk: list[Any], first_id: int,
-            options: dict[str, Any]) -> Job:
-    ids = [str(i) for i in range(first_id, first_id + len(chunk))]
-    return client.submit(model, chunk, sample_ids=ids, **options)
 
 
 async def stream_async(client: AsyncClient, model: str,
@@ -90,36 +117,26 @@ async def stream_async(client: AsyncClient, model: str,
                        job_size: int | None, start: int, timeout_s: float,
                        options: dict[str, Any]) -> AsyncIterator[SampleResult]:
     """`AsyncClient.stream`: `stream` over an async (or plain) iterable."""
-    size = stream_job_size(max_in_flight, job_size)
-    in_flight: deque[Job] = deque()
-    held = 0
-    position = next_id = start
-    chunk: list[Any] = []
+    window = _Window(max_in_flight, job_size, start)
+    position = start
 
-    async def submit(first_id: int, batch: list[Any]) -> Job:
-        ids = [str(i) for i in range(first_id, first_id + len(batch))]
-        return await client.submit(model, batch, sample_ids=ids, **options)
+    async def send() -> None:
+        chunk, ids = window.take_chunk()
+        window.sent(await client.submit(model, chunk, sample_ids=ids, **options))
 
     try:
         async for sample in _aiter(samples):
-            chunk.append(sample)
-            if len(chunk) < size:
+            if not window.gather(sample):
                 continue
-            while held + len(chunk) > max_in_flight:
-                job = in_flight.popleft()
-                held -= job.n_samples
-                for result in (await _result(client, job, timeout_s)).samples:
+            while window.full():
+                for result in (await _result(client, window.oldest(), timeout_s)).samples:
                     yield result
                     position += 1
-            in_flight.append(await submit(next_id, chunk))
-            held += len(chunk)
-            next_id += len(chunk)
-            chunk = []
-        if chunk:
-            in_flight.append(await submit(next_id, chunk))
-        while in_flight:
-            job = in_flight.popleft()
-            for result in (await _result(client, job, timeout_s)).samples:
+            await send()
+        if window.chunk:
+            await send()
+        while window.in_flight:
+            for result in (await _result(client, window.oldest(), timeout_s)).samples:
                 yield result
                 position += 1
     except BrokerError as exc:
