@@ -159,6 +159,10 @@ def _operations_commands(sub: Subparsers) -> None:
                        help="multiplies every sample count (0.01 for a smoke run)")
     bench.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="fleet worker processes (default: one per core)")
+    bench.add_argument("--load", choices=["steady", "ramp", "overload"],
+                       help="a load drill instead: single-sample jobs offered in an open loop "
+                            "at 50%%, 0-150%% or 300%% of the measured capacity")
+    bench.add_argument("--seconds", type=float, default=10.0, help="--load: its length")
     bench.add_argument("--markdown", type=Path, help="write the results table here")
     bench.add_argument("--plot", type=Path, help="write a PNG plot here")
     bench.set_defaults(run=_bench)
@@ -331,6 +335,8 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(f"the benchmark needs {exc.name}: pip install "
                                  "'inferfleet[bench]'") from exc
 
+    if args.load:
+        return _drill(args, settings)
     options = BenchOptions(models=tuple(args.models.split(",")), repeat=args.repeat,
                            scale=args.scale, workers=args.workers)
     result = run_bench(settings, options)
@@ -344,6 +350,20 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.plot:
         plot(result, args.plot)
     return 0
+
+
+def _drill(args: argparse.Namespace, settings: Settings) -> int:
+    from inferfleet.bench.drills import plot_drill, run_drill
+
+    report = run_drill(args.load, models_dir=settings.models_dir, seconds=args.seconds,
+                       workers=args.workers)
+    table = report.table()
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(f"{table}\n")
+    if args.plot:
+        plot_drill(report, args.plot)
+    return 1 if report.lost else 0
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:

@@ -32,3 +32,26 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
         assert target in text, target
     assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
     assert plot.stat().st_size > 10_000
+
+
+def test_an_overload_drill_refuses_at_once_and_every_accepted_job_ends_once(
+        tmp_path: Path) -> None:
+    from inferfleet.bench.drills import run_drill
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    report = run_drill("overload", models_dir=models, seconds=3, log=lambda _: None)
+    totals = {name: sum(getattr(w, name) for w in report.windows)
+              for name in ("offered", "refused", "succeeded", "expired", "failed")}
+    assert report.lost == []  # every accepted job has a terminal result
+    assert totals["refused"] > 0 and totals["succeeded"] > 0  # 3x capacity, a small queue
+    assert totals["offered"] == sum(totals[k] for k in ("refused", "succeeded", "expired",
+                                                        "failed"))
+    assert totals["failed"] == 0
+
+    done = subprocess.run(
+        [sys.executable, "-m", "inferfleet", "bench", "--load", "steady", "--seconds", "2",
+         "--markdown", str(tmp_path / "steady.md"), "--plot", str(tmp_path / "steady.png")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "drill steady: capacity" in (tmp_path / "steady.md").read_text()
+    assert (tmp_path / "steady.png").stat().st_size > 10_000
