@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint mypy unit integration models clean
+.PHONY: all demo test lint mypy unit integration models clean prometheus
 
 all: lint mypy test
 
@@ -19,13 +19,22 @@ demo: $(STAMP)
 	$(BIN)/inferfleet demo
 
 # README's second command (and .ci/run's): lint, types, every test.
-test: $(STAMP) lint mypy
+test: $(STAMP) prometheus lint mypy
 	$(BIN)/python -m pytest
+
+# The dashboard's test runs a real Prometheus server: Debian's package, installed here
+# when it is missing (the test fails rather than skips without it).
+APT := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+prometheus:
+	@command -v prometheus >/dev/null || \
+	  $(APT) install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $(APT) update -q >/dev/null && $(APT) install -y -q --no-install-recommends prometheus >/dev/null; } || \
+	  { echo "make: the tests need a prometheus binary: apt-get install prometheus" >&2; exit 1; }
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) prometheus
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(STAMP)

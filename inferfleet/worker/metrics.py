@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from inferfleet import keys
 from inferfleet.ledger import redis_text, sample_counts
-from inferfleet.schemas import WireResult
+from inferfleet.schemas import JobStatus, WireResult
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,29 @@ class WorkerMetrics:
             "inference", "Time of one batch's ONNX Runtime call(s).")
         self.result_write_seconds = self._seconds(
             "result_write", "Time to store one job's result in Redis.")
+        self.latency_seconds = self._seconds(
+            "latency", "End-to-end time of a job: from submit until its result is stored.")
+        self.refused_writes = Counter(
+            "inferfleet_result_writes_refused", "Result writes a full Redis (maxmemory, "
+            "noeviction) refused; the job waits for room and tries again.", ["model"],
+            registry=self.registry)
+        for model in self.models:
+            self._start_at_zero(model)
         self.registry.register(_QueueCollector(client, self))
+
+    def _start_at_zero(self, model: str) -> None:
+        """Every series of a served model from the first scrape, at zero: a rate over a
+        series that appears with its first jobs already counted would read 0, and a
+        panel "no data" instead of 0 refused writes."""
+        for status in ("success", "failure", "expired"):
+            self.samples.labels(model, status)
+        for state in JobStatus:
+            self.jobs.labels(model, state.value)
+        for histogram in (self.batch_rows, self.queue_seconds, self.batch_wait_seconds,
+                          self.inference_seconds, self.result_write_seconds,
+                          self.latency_seconds):
+            histogram.labels(model)
+        self.refused_writes.labels(model)
 
     def _seconds(self, what: str, doc: str) -> Histogram:
         return Histogram(f"inferfleet_{what}_seconds", doc, ["model"], buckets=_SECONDS,
@@ -92,6 +114,8 @@ class WorkerMetrics:
             if count:
                 self.samples.labels(model, status).inc(count)
         self.result_write_seconds.labels(model).observe(write_s)
+        if result.latency_ms is not None:
+            self.latency_seconds.labels(model).observe(result.latency_ms / 1000)
         timings = result.timings
         if timings is not None:
             if timings.queued_ms is not None:
@@ -130,6 +154,8 @@ class _QueueCollector(Collector):
         age = GaugeMetricFamily("inferfleet_oldest_job_age_seconds",
                                 "Age of the oldest job waiting in a model's queue (0: none).",
                                 labels=["model"])
+        dead = GaugeMetricFamily("inferfleet_dead_letters",
+                                 "Messages on the dead-letter list (`inferfleet dead list`).")
         try:
             published = {redis_text(name) for name in self.client.hkeys(keys.MODELS_HASH)}
             models = sorted(published | set(self.metrics.models))
@@ -137,7 +163,8 @@ class _QueueCollector(Collector):
             for model in models:
                 pipe.llen(keys.model_queue(model))
                 pipe.lindex(keys.model_queue(model), -1)  # consumers pop from the right
-            replies = pipe.execute()
+            pipe.llen(keys.DEAD_LETTERS)
+            *replies, dead_letters = pipe.execute()
         except redis.RedisError:
             logger.warning("metrics: could not read queue depths", exc_info=True)
             return
@@ -146,8 +173,10 @@ class _QueueCollector(Collector):
             depth.add_metric([model], int(length))
             submitted = submitted_at(oldest)
             age.add_metric([model], max(0.0, now - submitted) if submitted else 0.0)
+        dead.add_metric([], int(dead_letters))
         yield depth
         yield age
+        yield dead
 
 
 def submitted_at(raw: bytes | None) -> float | None:

@@ -334,6 +334,8 @@ class InferenceService:
                 stored = self.results.store(result, _notify_list(kwargs))
                 break
             except redis.exceptions.OutOfMemoryError:
+                if self.metrics is not None:
+                    self.metrics.refused_writes.labels(result.model).inc()
                 if wait_s == FULL_BACKOFF_S[0]:
                     logger.warning("job %s: Redis is full (at its maxmemory); its result "
                                    "waits for room", result.job_id)

@@ -56,3 +56,14 @@ def test_flower_requires_basic_auth_and_the_demo_is_a_profile() -> None:
     assert "INFERFLEET_FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
     assert SERVICES["demo"]["profiles"] == ["demo"]
     assert "worker" in SERVICES and "deploy" not in SERVICES["worker"]  # --scale works
+
+
+def test_prometheus_scrapes_the_workers_and_grafana_gets_the_dashboard() -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in SERVICES[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert (ROOT / source).exists(), (name, source)
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["dns_sd_configs"][0] == {"names": ["worker"], "type": "A", "port": 9808}
+    assert "9808" in SERVICES["worker"]["command"]
