@@ -43,6 +43,25 @@ class DeadLetters:
         return [DeadLetter(**json.loads(raw), raw=redis_text(raw))
                 for raw in self.client.lrange(keys.DEAD_LETTERS, 0, -1)]
 
+    def count(self) -> int:
+        return int(self.client.llen(keys.DEAD_LETTERS))
+
+    def since(self, at: float, *, page: int = 100) -> list[DeadLetter]:
+        """The dead letters of time `at` or later, newest first, read a page at a time
+        until an older one (the list is newest first)."""
+        found: list[DeadLetter] = []
+        start = 0
+        while True:
+            raws = self.client.lrange(keys.DEAD_LETTERS, start, start + page - 1)
+            for raw in raws:
+                entry = DeadLetter(**json.loads(raw), raw=redis_text(raw))
+                if entry.at < at:
+                    return found
+                found.append(entry)
+            if len(raws) < page:
+                return found
+            start += page
+
     def message(self, entry: DeadLetter) -> bytes | None:
         """The whole message of a dead letter (None once its TTL passed)."""
         raw = self.client.get(keys.dead_message(entry.letter_id))

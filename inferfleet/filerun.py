@@ -22,10 +22,10 @@ import numpy.typing as npt
 from inferfleet.errors import BadArgumentError
 from inferfleet.features import feature_layout
 from inferfleet.files import RowBatch, count_rows, file_format, read_rows
+from inferfleet.frames import RESULT_COLUMNS, result_columns
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import Client, Job
 from inferfleet.resultfiles import ResultRows, ResultWriter, RunState
-from inferfleet.schemas import JobResult
 
 Progress = Callable[[int, int, int], None]
 
@@ -239,13 +239,14 @@ def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: Fil
             signature: ModelSignature, progress: Progress | None) -> None:
     results = client.results([job.id for job in flight.jobs], timeout=3600)
     classes = len(writer.class_columns)
-    parts = [_result_columns(result, signature.scores, classes) for result in results]
+    parts = [result_columns(result, signature.scores, classes, blank="")
+             for result in results]
     rows = ResultRows(
         id=list(flight.batch.ids),
         **{name: np.concatenate([part[name] for part in parts]) if parts
            else np.empty((0, classes) if name == "probabilities" else 0,
                          np.float32 if name in ("score", "probabilities") else object)
-           for name in _COLUMNS},
+           for name in RESULT_COLUMNS},
         features=flight.batch.features if writer.feature_columns else None)
     for index, (code, message) in flight.batch.problems.items():
         # The worker saw NaN where the file had text: the file's reason says more.
@@ -262,49 +263,3 @@ def _finish(client: Client, flight: _InFlight, writer: ResultWriter, report: Fil
     if progress is not None:
         progress(report.resumed_after + report.rows, report.total,
                  report.rows - report.by_status["success"])
-
-
-_COLUMNS = ("status", "label", "score", "probabilities", "error_code", "error_message")
-
-
-def _result_columns(result: JobResult, scores_output: str | None, classes: int
-                    ) -> dict[str, npt.NDArray[Any]]:
-    """Each result column for the job's samples, in `ResultRows`' layout: a failed
-    sample's label is empty, its score and probabilities NaN, its error given; a binary
-    model's one class column is its positive class."""
-    n = len(result.sample_ids)
-    status = np.array([s.value for s in result.sample_status], dtype=object)
-    ok = status == "success"
-    labels = np.array(["" if v is None else str(v) for v in _column(result, "label", n)],
-                      dtype=object)
-    codes, messages = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
-    if result.error is not None:  # a whole-job failure is each failed sample's error
-        codes[~ok], messages[~ok] = result.error.code.value, result.error.message
-    for error in result.errors:
-        codes[error.index], messages[error.index] = error.code.value, error.message
-    return {
-        "status": status, "label": np.where(ok, labels, ""),
-        "score": np.where(ok, np.asarray(_column(result, "score", n), np.float32), np.nan),
-        "probabilities": np.where(ok[:, None], _probabilities(result, scores_output, classes,
-                                                              n), np.nan),
-        "error_code": codes, "error_message": messages}
-
-
-def _probabilities(result: JobResult, scores_output: str | None, classes: int, n: int
-                   ) -> npt.NDArray[np.float32]:
-    """The last `classes` columns of the model's class scores (all, or a binary model's
-    positive class); NaN when the result has none."""
-    if not classes or scores_output is None:
-        return np.full((n, classes), np.nan, np.float32)
-    try:
-        scores = np.asarray(result.column(scores_output), dtype=np.float32)
-    except KeyError:  # a job that failed as a whole has no outputs
-        return np.full((n, classes), np.nan, np.float32)
-    return scores.reshape(n, -1)[:, -classes:]
-
-
-def _column(result: JobResult, name: str, n: int) -> Any:
-    try:
-        return result.column(name)
-    except KeyError:  # a model without postprocessing has no label or score
-        return [None] * n if name == "label" else np.full(n, np.nan)

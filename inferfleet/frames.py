@@ -1,7 +1,8 @@
-"""Job results as one pandas DataFrame: a row per sample, indexed by sample id, with its
-status, label, score, a probability column per class, and its error.
+"""Job results as columns, a row per sample: status, label, score, a probability column
+per class, and the error. `result_columns` builds them with numpy alone (`submit FILE`
+writes them); `results_frame` makes them one pandas DataFrame indexed by sample id.
 
-pandas is optional (the `frames` extra); only these functions import it.
+pandas is optional (the `frames` extra); only `results_frame` imports it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ def results_frame(results: Sequence[JobResult], *, signature: ModelSignature | N
     from inferfleet.producer.tables import pandas
 
     pd = pandas()
-    parts = [_columns(result, signature) for result in results]
-    data: dict[str, Any] = {name: np.concatenate([part[name] for part in parts]) if parts else []
-            for name in (parts[0] if parts else _columns_of_nothing(signature))}
+    names = class_columns(signature)
+    scores = signature.scores if signature is not None else None
+    parts = [result_columns(result, scores, len(names), blank=None) for result in results]
+    joined = {name: np.concatenate([part[name] for part in parts]) if parts else
+              np.empty((0, len(names)) if name == "probabilities" else 0)
+              for name in RESULT_COLUMNS}
+    probabilities = joined.pop("probabilities")
+    data = {name: joined[name] for name in ("status", "label", "score")}
+    data.update({name: probabilities[:, j] for j, name in enumerate(names)})
+    data.update({name: joined[name] for name in ("error_code", "error_message")})
     ids = [sample_id for result in results for sample_id in result.sample_ids]
     return pd.DataFrame(data, index=pd.Index(ids, name=index_name))
 
@@ -46,34 +54,50 @@ def class_columns(signature: ModelSignature | None) -> list[str]:
     return [f"{PROBABILITY_PREFIX}{label}" for label in signature.labels]
 
 
-def _columns(result: JobResult, signature: ModelSignature | None
-             ) -> dict[str, npt.NDArray[Any]]:
+#: The columns `result_columns` gives.
+RESULT_COLUMNS = ("status", "label", "score", "probabilities", "error_code", "error_message")
+
+
+def result_columns(result: JobResult, scores_output: str | None, classes: int, *,
+                   blank: object) -> dict[str, npt.NDArray[Any]]:
+    """A job's results as columns, one row per sample (no pandas): status, label, score,
+    the last `classes` columns of the class scores output `scores_output` (all of them,
+    or a binary model's positive class), error code and message.
+
+    A failed sample's label is `blank`, its score and probabilities NaN, its error given
+    (a whole-job failure is each failed sample's error); a success's error is `blank`.
+    """
     n = len(result.sample_ids)
-    ok = np.array([status.value == "success" for status in result.sample_status], bool)
-    errors = {error.index: error for error in result.errors}
-    codes = np.full(n, None, dtype=object)
-    messages = np.full(n, None, dtype=object)
-    for index in np.flatnonzero(~ok):
-        error = errors.get(int(index)) or result.error
-        if error is not None:
-            codes[index], messages[index] = error.code.value, error.message
-    columns: dict[str, npt.NDArray[Any]] = {
-        "status": np.array([status.value for status in result.sample_status], dtype=object),
-        "label": _masked(_output(result, "label"), ok, n, text=True),
-        "score": _masked(_output(result, "score"), ok, n, text=False),
-    }
-    names = class_columns(signature)
-    scores = _output(result, signature.scores) if signature and signature.scores else None
-    for j, name in enumerate(names):
-        column = None if scores is None else np.asarray(scores, dtype=np.float64)[:, j]
-        columns[name] = _masked(column, ok, n, text=False)
-    columns["error_code"], columns["error_message"] = codes, messages
-    return columns
+    status = np.array([s.value for s in result.sample_status], dtype=object)
+    ok = status == "success"
+    label_column = _output(result, "label")
+    labels = np.full(n, blank, dtype=object)
+    if label_column is not None:
+        labels[ok] = np.array([blank if v is None else str(v) for v in label_column],
+                              dtype=object)[ok]
+    codes, messages = np.full(n, blank, dtype=object), np.full(n, blank, dtype=object)
+    if result.error is not None:
+        codes[~ok], messages[~ok] = result.error.code.value, result.error.message
+    for error in result.errors:
+        codes[error.index], messages[error.index] = error.code.value, error.message
+    score = _output(result, "score")
+    return {
+        "status": status, "label": labels,
+        "score": np.where(ok, np.nan if score is None else np.asarray(score, np.float32),
+                          np.nan).astype(np.float32),
+        "probabilities": np.where(ok[:, None], _probabilities(result, scores_output, classes,
+                                                              n), np.nan).astype(np.float32),
+        "error_code": codes, "error_message": messages}
 
 
-def _columns_of_nothing(signature: ModelSignature | None) -> list[str]:
-    return ["status", "label", "score", *class_columns(signature), "error_code",
-            "error_message"]
+def _probabilities(result: JobResult, scores_output: str | None, classes: int, n: int
+                   ) -> npt.NDArray[np.float32]:
+    if not classes or scores_output is None:
+        return np.full((n, classes), np.nan, np.float32)
+    scores = _output(result, scores_output)
+    if scores is None:  # a job that failed as a whole has no outputs
+        return np.full((n, classes), np.nan, np.float32)
+    return np.asarray(scores, dtype=np.float32).reshape(n, -1)[:, -classes:]
 
 
 def _output(result: JobResult, name: str) -> Any:
@@ -81,18 +105,3 @@ def _output(result: JobResult, name: str) -> Any:
         return result.column(name)
     except KeyError:  # a model without postprocessing has no label or score
         return None
-
-
-def _masked(column: Any, ok: npt.NDArray[np.bool_], n: int, *, text: bool
-            ) -> npt.NDArray[Any]:
-    """The column with failed samples' rows blank (None or NaN): theirs are filler."""
-    if text:
-        out = np.full(n, None, dtype=object)
-        if column is not None:
-            values = [None if v is None else str(v) for v in list(column)]
-            out[ok] = np.asarray(values, dtype=object)[ok]
-        return out
-    out = np.full(n, np.nan, dtype=np.float64)
-    if column is not None:
-        out[ok] = np.asarray(column, dtype=np.float64)[ok]
-    return out

@@ -138,10 +138,9 @@ def _queues(client: redis.Redis, report: HealthReport, names: Sequence[str],
 def _dead_letters(client: redis.Redis, report: HealthReport, window_s: float) -> None:
     from inferfleet.deadletters import DeadLetters
 
-    entries = DeadLetters(client).entries()
-    report.dead_letters = len(entries)
-    cutoff = time.time() - window_s
-    report.recent_dead_letters = sum(1 for entry in entries if entry.at >= cutoff)
+    letters = DeadLetters(client)
+    report.dead_letters = letters.count()
+    report.recent_dead_letters = len(letters.since(time.time() - window_s))
     if report.recent_dead_letters:
         report.problems.append(
             f"{report.recent_dead_letters} message(s) dead-lettered in the last "

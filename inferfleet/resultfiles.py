@@ -197,12 +197,10 @@ class ResultWriter:
         block = self._handle[self.state.rows_done:self.state.rows_done + n]
         for name, values in columns.items():
             kind = block.dtype[name]
-            if kind.kind == "S":  # UTF-8, cut at a character boundary to fit
-                width = kind.itemsize
-                values = [str(v).encode()[:width].decode("utf-8", "ignore").encode()
-                          for v in values]
+            if kind.kind == "S":
+                values = _utf8(values, kind.itemsize)
             elif kind.kind == "i":  # a .npy input's ids: its row numbers
-                values = [int(v) for v in values]
+                values = np.asarray(values, dtype=np.int64)
             block[name] = values
         self._handle.flush()
 
@@ -253,6 +251,15 @@ class ResultWriter:
             for part in parts:  # one part in memory at a time
                 writer.write_table(parquet.read_table(part))
         shutil.rmtree(self._parts, ignore_errors=True)
+
+
+def _utf8(values: Any, width: int) -> npt.NDArray[Any]:
+    """Text as UTF-8 bytes of at most `width`, a value too long cut at a character
+    boundary (numpy alone would cut mid-character)."""
+    encoded = np.char.encode(np.asarray(values, dtype=str), "utf-8")
+    for index in np.flatnonzero(np.char.str_len(encoded) > width):  # rare: long messages
+        encoded[index] = encoded[index][:width].decode("utf-8", "ignore").encode()
+    return encoded
 
 
 def _nullable_floats(pa: Any, values: Any) -> Any:

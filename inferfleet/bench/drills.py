@@ -222,7 +222,9 @@ class _Reader(threading.Thread):
             with self._lock:
                 for job_id, status in landed.items():
                     self.outcomes[job_id] = (status, now)
-                self._pending = [i for i in self._pending if i not in landed]
+                # Only the window was read: keep its jobs still out, then the rest as is.
+                self._pending = [i for i in pending if i not in landed] + \
+                    self._pending[len(pending):]
             if self._stop_at is not None and time.perf_counter() > self._stop_at:
                 return
             time.sleep(0.001)
