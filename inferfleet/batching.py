@@ -13,6 +13,10 @@ the batcher's lock) is positive. It never
 grows past `max_batch_rows` (a single larger request is run in slices). If the batch
 function raises, the batch is bisected until each failing row is isolated, so one bad row
 never fails its neighbours.
+
+An optional `on_batch` observer hears of every batch that ran (`BatchRecord`: its id,
+timing, rows, and the `tag` each request was submitted with): tracing links a batch's
+span to its jobs' spans this way.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ Array = npt.NDArray[Any]
 Column = Array | list[Any]
 BatchFunction = Callable[[Hashable, Mapping[str, Array]], Mapping[str, Column]]
 BacklogHint = Callable[[Hashable], int]
+BatchObserver = Callable[["BatchRecord"], None]
 
 
 @dataclass
@@ -54,6 +59,23 @@ class BatchOutcome:
     batch_rows: int
     wait_ms: float
     run_ms: float
+    #: When the batch began (epoch seconds).
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch that ran, for an `on_batch` observer."""
+
+    batch_id: str
+    key: Hashable
+    #: The `tag` of each request in it, in batch order.
+    tags: list[object]
+    #: When it began (epoch seconds), and how long it ran.
+    started_at: float
+    run_s: float
+    rows: int
+    failed_rows: int
 
 
 class Arrival:
@@ -66,6 +88,7 @@ class _Request:
     rows: int
     future: Future[BatchOutcome]
     enqueued_at: float
+    tag: object = None
 
 
 @dataclass
@@ -98,13 +121,15 @@ class MicroBatcher:
     LANE_IDLE_S = 30.0
 
     def __init__(self, run_batch: BatchFunction, *, max_batch_rows: int, max_wait_ms: float,
-                 backlog: BacklogHint | None = None, name: str = "batcher") -> None:
+                 backlog: BacklogHint | None = None, name: str = "batcher",
+                 on_batch: BatchObserver | None = None) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows!r}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
         self._run_batch = run_batch
         self._backlog = backlog
+        self._on_batch = on_batch
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_ms / 1000
         self._name = name
@@ -139,10 +164,11 @@ class MicroBatcher:
                 self._cond.notify_all()
 
     def submit(self, key: Hashable, inputs: Mapping[str, Array], *,
-               arrival: Arrival | None = None) -> Future[BatchOutcome]:
+               arrival: Arrival | None = None, tag: object = None) -> Future[BatchOutcome]:
         """Queue `inputs` (every array's first axis: the same rows) for a batch under `key`,
         or run them at once in this thread if nothing else is running, pending or coming
-        for `key` (then the future is done on return).
+        for `key` (then the future is done on return). `tag` goes to the `on_batch`
+        observer with the batch.
 
         Raises:
             RuntimeError: if the batcher is closed.
@@ -152,7 +178,7 @@ class MicroBatcher:
         if len(rows) != 1:
             raise ValueError(f"inputs must share their number of rows, got {sorted(rows)}")
         future: Future[BatchOutcome] = Future()
-        request = _Request(inputs, rows.pop(), future, time.monotonic())
+        request = _Request(inputs, rows.pop(), future, time.monotonic(), tag)
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self._name} is closed")
@@ -254,7 +280,7 @@ class MicroBatcher:
         return batch
 
     def _run(self, key: Hashable, batch: list[_Request]) -> None:
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         batch_id = f"{self._name}-{next(self._batch_numbers)}"
         try:
             inputs = _concatenate([request.inputs for request in batch])
@@ -282,8 +308,21 @@ class MicroBatcher:
                              if offset <= row < stop},
                 batch_id=batch_id, batch_rows=total,
                 wait_ms=(started - request.enqueued_at) * 1000, run_ms=run_ms,
+                started_at=started_at,
             ))
             offset = stop
+        if self._on_batch is not None:
+            self._report(BatchRecord(batch_id, key, [request.tag for request in batch],
+                                     started_at, run_ms / 1000, total, len(failed)))
+
+    def _report(self, record: BatchRecord) -> None:
+        """Tell the observer; one that raises never fails a batch (its jobs have their
+        outcomes already)."""
+        assert self._on_batch is not None
+        try:
+            self._on_batch(record)
+        except Exception:
+            logger.warning("the batch observer failed for %s", record.batch_id, exc_info=True)
 
     def _isolate(self, key: Hashable, inputs: Mapping[str, Array], start: int,
                  stop: int) -> list[_Segment]:

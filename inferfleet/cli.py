@@ -19,6 +19,7 @@ from inferfleet import logs
 from inferfleet.errors import BadArgumentError, ConfigurationError, InferfleetError
 from inferfleet.models.config import TensorSpec
 from inferfleet.settings import Settings, load_settings, mask_url
+from inferfleet.tracing import export_spans
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -31,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         logs.configure(args.log_level, json_lines=settings.log_format == "json")
         command: Command = args.run
-        return command(args, settings)
+        flush_spans = export_spans(f"inferfleet-{args.command}") if settings.otel else None
+        try:
+            return command(args, settings)
+        finally:
+            if flush_spans is not None:
+                flush_spans()
     except InferfleetError as exc:
         print(f"inferfleet: {exc}", file=sys.stderr)
         return 2
@@ -40,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferfleet", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
     _fleet_commands(sub)
     _job_commands(sub)
     _operations_commands(sub)

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     # Log lines as text, or one JSON object per line (with job, session, model and batch
     # ids where a record has them).
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces of every job (the `tracing` extra; see `inferfleet.tracing`).
+    otel: bool = False
     # A worker's Prometheus /metrics port (0: none); `up` gives its worker N port + N.
     metrics_port: int = Field(0, ge=0, le=65535)
     # "user:password" (comma-separated for several); required for Flower off loopback.

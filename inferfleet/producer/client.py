@@ -51,6 +51,7 @@ from inferfleet.schemas import (
 )
 from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
+from inferfleet.tracing import SubmitTracer
 from inferfleet.validation import Limits
 
 P = ParamSpec("P")
@@ -115,6 +116,8 @@ class Client:
         self._block_s = core.block_s(settings)
         # Jobs of this client whose notification was popped while waiting for others.
         self._landed: set[str] = set()
+        #: Spans of the submits (`INFERFLEET_OTEL`); None when tracing is off.
+        self._tracer = SubmitTracer() if settings.otel else None
 
     def __enter__(self) -> Client:
         return self
@@ -313,17 +316,32 @@ class Client:
     def _publish(self, model: str, session_id: str | None, messages: list[Message],
                  submitted_at: float, deadline_at: float | None, wait_for_room_s: float,
                  submitted: list[Job]) -> None:
-        """Push the messages with their ledger records in one atomic round trip.
+        """Push the messages with their ledger records in one atomic round trip (in a
+        span per job, when tracing is on).
 
         Raises:
             QueueFullError: if the queue has no room for them within `wait_for_room_s`.
         """
+        if self._tracer is None:
+            self._enqueue(model, session_id, messages, [None] * len(messages), submitted_at,
+                          deadline_at, wait_for_room_s, submitted)
+            return
+        with self._tracer.submitting(model, session_id, [m.job_id for m in messages]
+                                     ) as trace_headers:
+            self._enqueue(model, session_id, messages, trace_headers, submitted_at,
+                          deadline_at, wait_for_room_s, submitted)
+
+    def _enqueue(self, model: str, session_id: str | None, messages: list[Message],
+                 trace_headers: Sequence[dict[str, str] | None], submitted_at: float,
+                 deadline_at: float | None, wait_for_room_s: float,
+                 submitted: list[Job]) -> None:
         queue = keys.model_queue(model)
         # The repr Flower shows; given so that nothing reprs the arrays.
         session = f", session: {session_id!r}" if session_id else ""
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
             m.job_id, queue, m.kwargs, f"{{model: {model!r}{session}, samples: {m.samples}}}",
-            shadow=shown_name(model)), m.fingerprint()) for m in messages]
+            shadow=shown_name(model), trace_headers=headers), m.fingerprint())
+            for m, headers in zip(messages, trace_headers, strict=True)]
         biggest = max(len(job.envelope) for job in queued_jobs)
         if biggest > self.settings.max_message_bytes:
             raise BadArgumentError(

@@ -77,7 +77,8 @@ def _delivery_of(task: Task[Any, Any], args: tuple[Any, ...],
     request = task.request
     return Delivery.of(str(request.id), args, kwargs,
                        properties=getattr(request, "properties", None) or {},
-                       delivery_info=request.delivery_info)
+                       delivery_info=request.delivery_info,
+                       headers=getattr(request, "headers", None))
 
 
 def run_worker(settings: Settings, *, models: list[str] | None = None,

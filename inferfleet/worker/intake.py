@@ -67,7 +67,8 @@ class TakenMessage:
         args, kwargs, _embed = message.decode()  # decoded once at admission, then cached
         info = message.delivery_info or {}
         delivery = Delivery.of(str(headers["id"]), args, kwargs,
-                               properties=message.properties, delivery_info=info)
+                               properties=message.properties, delivery_info=info,
+                               headers=headers)
         return cls(delivery, str(info.get("routing_key") or ""), headers)
 
     def received_event(self) -> dict[str, Any]:

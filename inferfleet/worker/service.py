@@ -13,14 +13,14 @@ import time
 import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy.typing as npt
 import redis
 
 from inferfleet import keys
-from inferfleet.batching import Arrival, BatchOutcome, MicroBatcher
+from inferfleet.batching import Arrival, BatchOutcome, BatchRecord, MicroBatcher
 from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
 from inferfleet.liveness import TAKEN_AT, Heartbeats
@@ -31,6 +31,7 @@ from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
+from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
 from inferfleet.worker.discovery import ModelDiscovery
@@ -91,11 +92,13 @@ class Delivery:
     taken_at: float | None = None
     #: The transport's delivery tag (None when not run through a worker's transport).
     tag: str | None = None
+    #: The message's headers, as sent (the trace context rides in them).
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, job_id: str, args: Sequence[Any], kwargs: object, *,
-           properties: Mapping[str, Any], delivery_info: Mapping[str, Any] | None
-           ) -> Delivery:
+           properties: Mapping[str, Any], delivery_info: Mapping[str, Any] | None,
+           headers: Mapping[str, Any] | None = None) -> Delivery:
         """The delivery a message's fields describe (the take's properties carry its
         delivery tag and first-taken time; kombu's delivery info, the redelivered flag)."""
         taken_at = properties.get(TAKEN_AT)
@@ -104,7 +107,8 @@ class Delivery:
                    positional_args=len(args),
                    redelivered=bool((delivery_info or {}).get("redelivered")),
                    taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
-                   tag=tag if isinstance(tag, str) else None)
+                   tag=tag if isinstance(tag, str) else None,
+                   headers=headers if isinstance(headers, Mapping) else {})
 
 
 @dataclass
@@ -113,6 +117,7 @@ class _Prepared:
     model: OnnxModel
     job: ValidatedJob
     future: Future[BatchOutcome] | None
+    trace: JobTrace
 
 
 class InferenceService:
@@ -133,6 +138,8 @@ class InferenceService:
         self.running = RunningMarks(self.ledger, self.housekeeping)
         #: Jobs this process took that no pool thread has begun (the lean path counts).
         self.taken = TakenJobs()
+        #: Makes each job's spans (`INFERFLEET_OTEL`); None when tracing is off.
+        self.tracer = JobTracer() if settings.otel else None
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process(),
                               providers=settings.provider_list(), on_load=self._publish)
@@ -140,7 +147,8 @@ class InferenceService:
                                     max_wait_ms=settings.max_wait_ms,
                                     backlog=QueueBacklog(client, self.housekeeping,
                                                          taken_not_begun=self.taken.not_begun),
-                                    name=f"b{os.getpid()}")
+                                    name=f"b{os.getpid()}",
+                                    on_batch=self._traced_batch if self.tracer else None)
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
@@ -247,6 +255,8 @@ class InferenceService:
             if deliveries > self.settings.max_deliveries:
                 return self._dead_letter(job_id, kwargs, deliveries)
         started = time.time()
+        trace = NO_TRACE if self.tracer is None else \
+            self.tracer.job(job_id, kwargs, delivery.headers, started)
         self.running.mark(job_id)
         try:
             if delivery.positional_args:
@@ -256,13 +266,15 @@ class InferenceService:
                                       "positional")
             with self.batcher.arriving() as arrival:
                 prepared = self._prepare(job_id, kwargs, delivery.taken_at or started,
-                                         arrival)
+                                         arrival, trace)
             result = self._finish(job_id, prepared, started)
         except JobRefusedError as exc:
             result = self._failed(job_id, kwargs, exc.code, str(exc),
                                   status=JobStatus.EXPIRED if exc.code is ErrorCode.EXPIRED
                                   else JobStatus.FAILED)
-        first = self._store(result, kwargs)
+        with trace.writing():
+            first = self._store(result, kwargs)
+        trace.end(result)
         self.running.done(job_id)
         if not first:
             logger.warning("job %s already had a terminal result; kept the first", job_id)
@@ -346,7 +358,7 @@ class InferenceService:
         return stored
 
     def _prepare(self, job_id: str, kwargs: dict[str, Any], taken_at: float,
-                 arrival: Arrival) -> _Prepared:
+                 arrival: Arrival, trace: JobTrace) -> _Prepared:
         """The job's checked samples, handed to the batcher.
 
         Raises:
@@ -361,8 +373,8 @@ class InferenceService:
         future = None
         if len(job.valid_index):
             future = self.batcher.submit(_batch_key(model, job.inputs), job.inputs,
-                                         arrival=arrival)
-        return _Prepared(request, model, job, future)
+                                         arrival=arrival, tag=trace.link)
+        return _Prepared(request, model, job, future, trace)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
         """Raises: JobRefusedError: if this worker cannot serve the model asked for."""
@@ -396,6 +408,8 @@ class InferenceService:
                 logger.exception("job %s: batch failed", job_id)
                 return self._failed(job_id, prepared.request.model_dump(),
                                      ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
+        if outcome is not None:
+            prepared.trace.batched(outcome)
         finished = time.time()
         submitted = prepared.request.submitted_at
         timings = JobTimings(
@@ -421,6 +435,11 @@ class InferenceService:
         if self.metrics is not None:
             self.metrics.batch_done(name, rows, seconds)
         return postprocess(outputs, model.postprocess, model.signature.labels)
+
+    def _traced_batch(self, record: BatchRecord) -> None:
+        """The batcher's observer when tracing is on: the batch's span."""
+        assert self.tracer is not None
+        self.tracer.batch(record, model=record.key[0])  # type: ignore[index]  # _batch_key
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

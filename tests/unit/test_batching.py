@@ -6,7 +6,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from inferfleet.batching import BatchOutcome, MicroBatcher
+from inferfleet.batching import BatchOutcome, BatchRecord, MicroBatcher
 from inferfleet.errors import BatchContractError
 
 
@@ -225,6 +225,34 @@ def test_a_failing_row_is_isolated_and_its_neighbours_succeed() -> None:
     assert bad_outcome.outputs["labels"] == ["r4.0", None, "r5.0"]
     assert good.result(5).failed_rows == {}
     np.testing.assert_array_equal(good.result(5).outputs["y"].ravel(), [4, 6])
+    batcher.close()
+
+
+def test_the_observer_hears_of_each_batch_with_the_tags_of_its_requests() -> None:
+    model = RecordingModel(poison=13)
+    heard: list[BatchRecord] = []
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=0, on_batch=heard.append)
+    first = occupy(batcher, model)
+    before = time.time()
+    waiting = [batcher.submit("m", rows(1, 13), tag="a"), batcher.submit("m", rows(2)),
+               batcher.submit("m", rows(3), tag="c")]
+    model.release.set()
+    first.result(5).result(5)
+    outcomes = [f.result(5) for f in waiting]
+    [_, batch] = heard
+    assert (batch.key, batch.tags, batch.rows, batch.failed_rows) == ("m", ["a", None, "c"], 4, 1)
+    assert batch.batch_id == outcomes[0].batch_id
+    assert before <= batch.started_at == outcomes[0].started_at <= time.time()
+    assert batch.run_s * 1000 == pytest.approx(outcomes[0].run_ms)
+    batcher.close()
+
+
+def test_an_observer_that_raises_fails_no_batch() -> None:
+    def broken(_record: BatchRecord) -> None:
+        raise RuntimeError("observer bug")
+
+    batcher = MicroBatcher(RecordingModel(), max_batch_rows=8, max_wait_ms=0, on_batch=broken)
+    np.testing.assert_array_equal(batcher.submit("m", rows(1)).result(5).outputs["y"], [[2]])
     batcher.close()
 
 
