@@ -89,6 +89,7 @@ class _Request:
     future: Future[BatchOutcome]
     enqueued_at: float
     tag: object = None
+    patient: bool = True
 
 
 @dataclass
@@ -164,11 +165,14 @@ class MicroBatcher:
                 self._cond.notify_all()
 
     def submit(self, key: Hashable, inputs: Mapping[str, Array], *,
-               arrival: Arrival | None = None, tag: object = None) -> Future[BatchOutcome]:
+               arrival: Arrival | None = None, tag: object = None,
+               patient: bool = True) -> Future[BatchOutcome]:
         """Queue `inputs` (every array's first axis: the same rows) for a batch under `key`,
         or run them at once in this thread if nothing else is running, pending or coming
         for `key` (then the future is done on return). `tag` goes to the `on_batch`
-        observer with the batch.
+        observer with the batch. A request that is not `patient` (an interactive job's)
+        never waits for company: it runs at once if its key is idle, else in the key's
+        next batch, which starts as soon as the running one ends.
 
         Raises:
             RuntimeError: if the batcher is closed.
@@ -178,14 +182,14 @@ class MicroBatcher:
         if len(rows) != 1:
             raise ValueError(f"inputs must share their number of rows, got {sorted(rows)}")
         future: Future[BatchOutcome] = Future()
-        request = _Request(inputs, rows.pop(), future, time.monotonic(), tag)
+        request = _Request(inputs, rows.pop(), future, time.monotonic(), tag, patient)
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self._name} is closed")
             lane = self._lanes.setdefault(key, _Lane())
             others_arriving = self._arriving - (arrival is not None)
-            inline = not (lane.busy or lane.pending or others_arriving > 0
-                          or self._hinted_backlog(key) > 0)
+            inline = not (lane.busy or lane.pending or (patient and (
+                others_arriving > 0 or self._hinted_backlog(key) > 0)))
             if inline:
                 lane.busy = True
             else:
@@ -257,11 +261,12 @@ class MicroBatcher:
                     self._drop(key, lane)
                     return None
                 self._cond.wait(remaining if remaining > 0 else None)
-            deadline = lane.pending[0].enqueued_at + self.max_wait_s
-            backlog = 0 if self._arriving else self._hinted_backlog(key)
-            while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows
-                   and (remaining := deadline - time.monotonic()) > 0):
-                self._cond.wait(remaining)
+            if lane.pending[0].patient:
+                deadline = lane.pending[0].enqueued_at + self.max_wait_s
+                backlog = 0 if self._arriving else self._hinted_backlog(key)
+                while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows
+                       and (remaining := deadline - time.monotonic()) > 0):
+                    self._cond.wait(remaining)
             lane.busy = True
             return self._take(lane)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from inferfleet import logs
+from inferfleet import keys, logs
 from inferfleet.errors import BadArgumentError, ConfigurationError, InferfleetError
 from inferfleet.models.config import TensorSpec
 from inferfleet.settings import Settings, load_settings, mask_url
@@ -103,6 +103,9 @@ def _job_commands(sub: Subparsers) -> None:
     submit.add_argument("--out", type=Path, help="results file (default: FILE.results.EXT)")
     submit.add_argument("--id-column", help="CSV/Parquet column whose values are the ids")
     submit.add_argument("--job-size", type=int, default=256)
+    submit.add_argument("--priority", choices=keys.PRIORITIES, default="normal",
+                        help="the jobs' priority: low for a backfill that must not delay "
+                             "interactive jobs (default: normal)")
     submit.add_argument("--include-features", action="store_true",
                         help="repeat the input's feature columns in the results file")
     submit.add_argument("--resume", action="store_true",
@@ -256,7 +259,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             report = run_file(client, args.file, model=args.model, out=out,
                               session_id=session, id_column=args.id_column,
                               job_size=args.job_size, progress=progress, resume=args.resume,
-                              include_features=args.include_features)
+                              include_features=args.include_features,
+                              priority=args.priority)
     except (KeyboardInterrupt, InferfleetError) as exc:
         if RunState.path_for(out).exists():
             print(f"\ninferfleet: interrupted ({exc or type(exc).__name__}); the rows written "

@@ -106,14 +106,15 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
              session_id: str | None = None, id_column: str | None = None, job_size: int = 256,
              batch_rows: int = 8192, window_batches: int = 4,
              progress: Progress | None = None, resume: bool = False,
-             include_features: bool = False) -> FileReport:
+             include_features: bool = False, priority: str = "normal") -> FileReport:
     """Push every row of `source` through `model`; write one result row per input row.
 
     Columns feed a model with feature names by name, in any order
     (`inferfleet.features`); others by position. Every row is sent, so that the
     session counts it: a row whose cells are not numbers fails (the worker sees NaN), and
     its result row gives the cell that was not a number. `include_features` repeats the
-    input's feature columns in the results. With `resume`, an interrupted
+    input's feature columns in the results; `priority` is the jobs' (`Client.submit`). With
+    `resume`, an interrupted
     run of the same file and model goes on from its last whole batch, into its session,
     with its id column (`resultfiles.RunState`).
 
@@ -153,7 +154,7 @@ def run_file(client: Client, source: Path, *, model: str, out: Path | None = Non
                       features=_feature_names(first) if include_features and first else ()
                       ) as writer:
         for batch in itertools.chain([first] if first is not None else [], batches):
-            in_flight.append(_send(client, batch, signature, session_id, job_size))
+            in_flight.append(_send(client, batch, signature, session_id, job_size, priority))
             if len(in_flight) >= window_batches:
                 _finish(client, in_flight.popleft(), writer, report, signature, progress)
         while in_flight:
@@ -228,10 +229,10 @@ def _class_columns(signature: ModelSignature) -> list[str]:
 
 
 def _send(client: Client, batch: RowBatch, signature: ModelSignature,
-          session_id: str | None, job_size: int) -> _InFlight:
+          session_id: str | None, job_size: int, priority: str) -> _InFlight:
     jobs = client.submit_many(signature.name, model_inputs(batch, signature),
                               job_size=job_size, session_id=session_id, sample_ids=batch.ids,
-                              validate=False) if batch.ids else []
+                              validate=False, priority=priority) if batch.ids else []
     return _InFlight(batch, jobs)
 
 

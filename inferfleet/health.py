@@ -23,6 +23,7 @@ import redis
 
 from inferfleet import keys
 from inferfleet.ledger import redis_text
+from inferfleet.queues import read_queues
 from inferfleet.settings import Settings, mask_url
 
 #: Announcements older than this are removed by the next announcement.
@@ -112,18 +113,8 @@ def check(client: redis.Redis, settings: Settings, *, models: Sequence[str] = ()
 
 def _queues(client: redis.Redis, report: HealthReport, names: Sequence[str],
             serving: dict[str, list[str]], max_queue_age_s: float) -> None:
-    from inferfleet.worker.metrics import submitted_at
-
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.llen(keys.model_queue(name))
-        pipe.lindex(keys.model_queue(name), -1)  # consumers pop from the right
-    replies = pipe.execute()
-    now = time.time()
-    for name, length, oldest in zip(names, replies[::2], replies[1::2], strict=True):
-        since = submitted_at(oldest)
-        model = ModelHealth(sorted(serving.get(name, [])), int(length),
-                            max(0.0, now - since) if since else 0.0)
+    for name, queue in read_queues(client, names).items():
+        model = ModelHealth(sorted(serving.get(name, [])), queue.depth, queue.oldest_age_s)
         report.models[name] = model
         if not model.workers:
             report.problems.append(f"model {name!r}: no live worker serves it (none "

@@ -58,6 +58,23 @@ def model_queue(model: str) -> str:
     return f"{PREFIX}.{model}"
 
 
+#: A job's priority levels, the first taken first (with a share of takes for the others:
+#: see `inferfleet.take.take_order`).
+PRIORITIES = ("high", "normal", "low")
+
+
+def priority_list(queue: str, priority: str) -> str:
+    """The Redis list of `queue`'s jobs of one priority: the queue itself for `normal`
+    (where plain Celery clients push), `<queue>:high` and `<queue>:low` for the others
+    (no model name holds a colon); part of the wire schema."""
+    return queue if priority == "normal" else f"{queue}:{priority}"
+
+
+def queue_lists(queue: str) -> list[str]:
+    """Every priority's list of `queue`, first taken first."""
+    return [priority_list(queue, priority) for priority in PRIORITIES]
+
+
 def queue_bell(queue: str) -> str:
     """Where producers ring when they push to `queue`: idle workers wait on the bells of
     their queues instead of popping the queues themselves (see `inferfleet.transport`)."""

@@ -79,39 +79,41 @@ end
 return 1
 """
 
-# KEYS: queue, session stats, deadlines, the queue's bell, then one job record per message.
-# ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at, deadline_at
-# ('' for none), then per message its job id, sample count, envelope and fingerprint (''
-# for a job id the client made). A message whose caller-given job id has a record with the
-# same fingerprint is not pushed again (returned in the duplicates); one with another
-# fingerprint, or a record made without one, refuses the lot ({2, index}). Refuses the lot
-# if the queue has no room ({0, queued}). Rings the bell once per message (up to 32: enough
-# to wake every idle worker of a machine), keeping at most 256 rings.
+# KEYS: the queue's list of the jobs' priority, session stats, deadlines, the queue's bell,
+# its two other priorities' lists, then one job record per message. ARGV: limit (0: none),
+# ttl, model, session id ('' for none), submitted_at, deadline_at ('' for none), then per
+# message its job id, sample count, envelope and fingerprint ('' for a job id the client
+# made). A message whose caller-given job id has a record with the same fingerprint is not
+# pushed again (returned in the duplicates); one with another fingerprint, or a record
+# made without one, refuses the lot ({2, index}). Refuses the lot if the queue (its three
+# lists) has no room ({0, queued}). Rings the bell once per message (up to 32: enough to
+# wake every idle worker of a machine), keeping at most 256 rings.
 _ENQUEUE = """
-local n = #KEYS - 4
+local n = #KEYS - 6
 local duplicate, fresh = {}, 0
 for i = 1, n do
   local fingerprint = ARGV[6 + 4 * i]
-  if fingerprint ~= '' and redis.call('EXISTS', KEYS[4 + i]) == 1 then
-    if redis.call('HGET', KEYS[4 + i], 'fingerprint') ~= fingerprint then return {2, i} end
+  if fingerprint ~= '' and redis.call('EXISTS', KEYS[6 + i]) == 1 then
+    if redis.call('HGET', KEYS[6 + i], 'fingerprint') ~= fingerprint then return {2, i} end
     duplicate[i] = true
   else
     fresh = fresh + 1
   end
 end
-local queued = redis.call('LLEN', KEYS[1])
+local queued = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[5]) +
+  redis.call('LLEN', KEYS[6])
 local limit = tonumber(ARGV[1])
 if limit > 0 and queued + fresh > limit then return {0, queued} end
 local total = 0
 for i = 1, n do
   if not duplicate[i] then
     local job_id, samples = ARGV[3 + 4 * i], ARGV[4 + 4 * i]
-    redis.call('HSET', KEYS[4 + i], 'state', 'queued', 'model', ARGV[3], 'session_id',
+    redis.call('HSET', KEYS[6 + i], 'state', 'queued', 'model', ARGV[3], 'session_id',
                ARGV[4], 'samples', samples, 'submitted_at', ARGV[5])
     if ARGV[6 + 4 * i] ~= '' then
-      redis.call('HSET', KEYS[4 + i], 'fingerprint', ARGV[6 + 4 * i])
+      redis.call('HSET', KEYS[6 + i], 'fingerprint', ARGV[6 + 4 * i])
     end
-    redis.call('EXPIRE', KEYS[4 + i], ARGV[2])
+    redis.call('EXPIRE', KEYS[6 + i], ARGV[2])
     redis.call('LPUSH', KEYS[1], ARGV[5 + 4 * i])
     if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
     total = total + samples
@@ -257,10 +259,11 @@ class Ledger:
 
     def enqueue(self, queue: str, jobs: list[QueuedJob], *, model: str,
                 session_id: str | None, submitted_at: float, deadline_at: float | None,
-                limit: int, wait_replicas: int = 0, wait_timeout_ms: int = 1000
-                ) -> Enqueued:
-        """Push the jobs' messages with their records (and the session's counts) in one
-        atomic step, unless the queue would then hold more than `limit` (0: no limit).
+                limit: int, wait_replicas: int = 0, wait_timeout_ms: int = 1000,
+                priority: str = "normal") -> Enqueued:
+        """Push the jobs' messages onto the list of their priority, with their records
+        (and the session's counts), in one atomic step, unless the queue (all its
+        priorities) would then hold more than `limit` (0: no limit).
         With `wait_replicas`, Redis's WAIT rides in the same round trip (it counts the
         writes of its own connection only): how many replicas confirmed them.
 
@@ -272,8 +275,10 @@ class Ledger:
                            "" if deadline_at is None else deadline_at]
         for job in jobs:
             args += [job.job_id, job.samples, job.envelope, job.fingerprint]
-        call_keys = [queue, session_key, keys.DEADLINES, keys.queue_bell(queue),
-                     *(keys.job(job.job_id) for job in jobs)]
+        others = [key for key in keys.queue_lists(queue)
+                  if key != keys.priority_list(queue, priority)]
+        call_keys = [keys.priority_list(queue, priority), session_key, keys.DEADLINES,
+                     keys.queue_bell(queue), *others, *(keys.job(job.job_id) for job in jobs)]
         extra = [("WAIT", wait_replicas, wait_timeout_ms)] if wait_replicas else []
         (outcome, *waited) = self._eval_many(self._enqueue, [(call_keys, args)], extra=extra)
         accepted, queued, *duplicates = (int(value) for value in outcome)

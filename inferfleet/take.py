@@ -26,10 +26,11 @@ from inferfleet import keys
 # pops up to that many of the oldest messages of the first non-empty list and records
 # each one unacked under a fresh delivery tag (the prefix and its place in the take), in
 # kombu's own record form: [message, exchange, routing key], with the anonymous exchange
-# and the queue it came from as the route back. Rings the bell again if the list still
-# holds messages, and returns {list, tag, message, tag, message...} ('' for the tag of a
-# message not recorded). With every list empty it silences the bells (rings before now
-# are stale; a later push rings anew) and returns false.
+# and the queue it came from as the route back (a message given back goes to the head of
+# its queue's normal list, whatever its priority). Rings the bell again if any list of
+# that queue still holds messages, and returns {queue, list, tag, message, tag, message...}
+# ('' for the tag of a message not recorded). With every list empty it silences the bells
+# (rings before now are stale; a later push rings anew) and returns false.
 #
 # The message is never decoded here: cjson read each whole envelope (87 KB for a
 # 256-sample job) only to find its delivery tag and route, ~60% of Redis's CPU in bulk
@@ -46,7 +47,7 @@ for i = 1, n do
   local list = KEYS[4 + i]
   local item = redis.call('RPOP', list)
   if item then
-    local taken = {list}
+    local taken = {ARGV[3 + 2 * n + i], list}
     local acked = ARGV[3 + i] == '1'
     local route = ', "", ' .. cjson.encode(ARGV[3 + 2 * n + i]) .. ']'
     local prefix = ARGV[4 + 3 * n]
@@ -64,9 +65,14 @@ for i = 1, n do
       if count >= most then break end
       item = redis.call('RPOP', list)
     end
-    local bell = KEYS[tonumber(ARGV[3 + n + i])]
-    if redis.call('LLEN', list) > 0 and redis.call('LLEN', bell) == 0 then
-      redis.call('LPUSH', bell, '1')
+    local bell_index = tonumber(ARGV[3 + n + i])
+    if redis.call('LLEN', KEYS[bell_index]) == 0 then
+      for j = 1, n do
+        if tonumber(ARGV[3 + n + j]) == bell_index and redis.call('LLEN', KEYS[4 + j]) > 0 then
+          redis.call('LPUSH', KEYS[bell_index], '1')
+          break
+        end
+      end
     end
     return taken
   end
@@ -75,6 +81,32 @@ for i = n + 5, #KEYS do redis.call('DEL', KEYS[i]) end
 return false
 """
 
+
+
+#: Which priority each take of a worker channel tries first, in a cycle: of every ten
+#: takes, eight begin with `high`, one with `normal` and one with `low`; each then goes on
+#: through the others from the highest. A take pops from one list only, so while every
+#: level has jobs queued, `normal` and `low` each get at least one take in ten: nothing
+#: waits for good behind a flood of higher work. With the higher lists empty, every take
+#: reaches the lower ones.
+TAKE_CYCLE = ("high", "high", "high", "high", "normal", "high", "high", "high", "high", "low")
+
+
+#: The message property that says which priority's list a message was taken from.
+TAKEN_PRIORITY = "inferfleet_priority"
+
+
+def priority_of_list(list_key: str) -> str:
+    """The priority whose list `list_key` is (`keys.priority_list`; kombu's priority
+    lists are `normal`'s)."""
+    level = list_key.rpartition(":")[2]
+    return level if level in keys.PRIORITIES else "normal"
+
+
+def take_order(take_number: int) -> tuple[str, ...]:
+    """The priorities take number `take_number` tries, in order (see `TAKE_CYCLE`)."""
+    first = TAKE_CYCLE[take_number % len(TAKE_CYCLE)]
+    return (first, *(level for level in keys.PRIORITIES if level != first))
 
 
 @dataclass(frozen=True)

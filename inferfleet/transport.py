@@ -50,7 +50,13 @@ from inferfleet import keys
 from inferfleet.admission import Admitted, admit, job_id_of
 from inferfleet.ledger import dead_letter
 from inferfleet.liveness import TAKEN_AT, Heartbeats, give_back, new_holder_id
-from inferfleet.take import TakeSource, take_command
+from inferfleet.take import (
+    TAKEN_PRIORITY,
+    TakeSource,
+    priority_of_list,
+    take_command,
+    take_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +242,10 @@ class Channel(kombu_redis.Channel):
         most = max(1, min(self.most_per_take, room))
         if self.heartbeats is not None and self.holder_id is None:
             self._renew_holder()  # channels that never take (events, control) hold nothing
-        sources = [TakeSource(self._q_for_pri(queue, pri),  # type: ignore[attr-defined]
-                              queue, acked=queue not in self._no_ack_queues)
-                   for pri in self.priority_steps for queue in queues]
+        self._takes += 1
+        sources = [TakeSource(list_key, queue, acked=queue not in self._no_ack_queues)
+                   for level in take_order(self._takes) for queue in queues
+                   for list_key in self._lists_of(queue, level)]
         wait = ["BRPOP", *(keys.queue_bell(queue) for queue in queues), self.idle_poll_s]
         take = take_command(sources, most=most, holder=self.holder_id,
                             unacked=self.unacked_key, unacked_index=self.unacked_index_key)
@@ -251,6 +258,18 @@ class Channel(kombu_redis.Channel):
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         connection.send_packed_command(connection.pack_commands(commands))
+
+    #: Takes sent so far (they cycle through the priorities' turns: `take_order`).
+    _takes = 0
+
+    def _lists_of(self, queue: str, level: str) -> list[str]:
+        """The lists of one priority of `queue`: inferfleet's own for `high` and `low`;
+        for `normal`, the queue and kombu's priority lists of it (where a plain Celery
+        client's `priority=` puts a message, 0 first, as on any kombu Redis queue)."""
+        if level != "normal":
+            return [keys.priority_list(queue, level)]
+        return [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
+                for pri in self.priority_steps]
 
     def _ack_commands(self) -> list[list[Any]]:
         tags = []
@@ -294,9 +313,10 @@ class Channel(kombu_redis.Channel):
                 raise Empty()
             if not reply:
                 raise Empty()
-            dest, *taken = reply
+            dest, popped, *taken = reply
             taken_at = time.time()
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            dest = bytes_to_str(dest)  # the queue, whichever of its lists the take popped
+            priority = priority_of_list(bytes_to_str(popped))
             self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]  # kombu internal
             for raw_tag, item in zip(taken[::2], taken[1::2], strict=True):
                 tag = bytes_to_str(raw_tag) or None
@@ -308,6 +328,7 @@ class Channel(kombu_redis.Channel):
                     # A message given back keeps the time of its first take: its deadline
                     # is checked against that.
                     message["properties"].setdefault(TAKEN_AT, taken_at)
+                    message["properties"][TAKEN_PRIORITY] = priority
                     self.recorded_by_take.add(tag)
                 try:
                     self.connection._deliver(message, dest)

@@ -95,7 +95,21 @@ def costs(result: BenchResult) -> list[str]:
                          f"costs {durable[0].p50_ms / plain[0].p50_ms:.2f}x the p50 time of "
                          f"one without ({durable[0].p50_ms:.2f} vs {plain[0].p50_ms:.2f} ms; "
                          f"{durable[0].rate:,.0f} vs {plain[0].rate:,.0f} submits/s)")
+        lines += _priority_lines(result, model)
     return lines
+
+
+def _priority_lines(result: BenchResult, model: str) -> list[str]:
+    idle = _find(result, model, "fleet latency, 1 in flight")
+    high = _find(result, model, r"fleet high job behind .* backfill")
+    normal = _find(result, model, r"fleet normal job behind .* backfill")
+    if not (idle and high and normal):
+        return []
+    backfill = high[0].scenario.removeprefix("fleet high job behind ")
+    return [f"- {model}: a `high` single-sample job behind a {backfill}: p50 "
+            f"{high[0].p50_ms:.1f} ms, p99 {high[0].p99_ms:.1f} ms, "
+            f"{high[0].p50_ms / idle[0].p50_ms:.1f}x its p50 on an idle fleet "
+            f"({idle[0].p50_ms:.1f} ms); a `normal` one waits {normal[0].p50_ms:,.0f} ms"]
 
 
 def markdown(result: BenchResult) -> str:

@@ -234,10 +234,25 @@ class Bench:
         rows = self.rows(model, options.count(options.latency_samples))
         self.result.add(model, f"{name} latency, 1 in flight", self._repeat(partial(
             scenarios.latency, submit, wait, rows)))
+        if name == "fleet":
+            self._behind_backfill(model, client)
         for rate in options.load_rates:
             rows = self.rows(model, options.count(int(rate * options.load_seconds)))
             self.result.add(model, f"{name} load {rate:g}/s", [self._measured(partial(
                 scenarios.offered_load, client, submit, rows, rate=rate, failures=failures))])
+
+    def _behind_backfill(self, model: str, client: Client) -> None:
+        """Single-sample latency behind a bulk backfill queued first: `high` jobs (to set
+        against the idle latency above), and one `normal` job, which waits for it all."""
+        options = self.options
+        backfill = self.rows(model, options.count(options.bulk_samples.get(model, 50_000)))
+        probes = self.rows(model, options.count(options.latency_samples))
+        for priority, n in (("high", len(probes)), ("normal", 1)):
+            self.result.add(model, f"fleet {priority} job behind {len(backfill):,}-sample "
+                            "backfill", self._repeat(partial(
+                                scenarios.behind_backfill, client, model, backfill,
+                                probes[:n], job_size=options.job_size(model),
+                                priority=priority)))
 
     def _drains(self, model: str) -> None:
         options = self.options

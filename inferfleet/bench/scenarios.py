@@ -5,6 +5,7 @@ naive      a plain Celery task per sample (`naive.py`), one apply_async each
 single     one fleet job per sample, `Client.submit` each
 bulk       `Client.submit_many` with jobs of 256 samples
 latency    one job in flight at a time, naive against fleet
+priority   the same, `high` (and one `normal`), behind a bulk backfill queued first
 load       single-sample jobs offered at a fixed rate: latency against offered load
 drain      the same work enqueued first, then consumed: producer and worker apart
 transport  the same message bytes pushed and popped by a bare redis-py loop: the ceiling
@@ -155,6 +156,26 @@ def latency(submit: Submit, wait: Wait, rows: Rows) -> Measurement:
         wait(submit(rows[index:index + 1]))
         latencies.append((time.perf_counter() - sent) * 1000)
     return Measurement(len(rows), time.perf_counter() - started, latencies)
+
+
+def behind_backfill(client: Client, model: str, backfill: Rows, probes: Rows, *,
+                    job_size: int, priority: str) -> Measurement:
+    """Single-sample jobs of `priority`, one at a time, while a backfill of `job_size`-
+    sample jobs queued just before them drains: each one's latency, for as long as some
+    of the backfill still waits in Redis (at least one)."""
+    backfill_jobs = client.submit_many(model, backfill, job_size=job_size)
+    waiting = keys.model_queue(model)
+    latencies = []
+    started = time.perf_counter()
+    for index in range(len(probes)):
+        sent = time.perf_counter()
+        client.submit(model, probes[index:index + 1], priority=priority).result(timeout=600)
+        latencies.append((time.perf_counter() - sent) * 1000)
+        if not client.redis.llen(waiting):
+            break
+    seconds = time.perf_counter() - started
+    client.results([job.id for job in backfill_jobs], timeout=600)
+    return Measurement(len(latencies), seconds, latencies)
 
 
 def offered_load(client: Client, submit: Submit, rows: Rows, *, rate: float,

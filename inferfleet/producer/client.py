@@ -35,6 +35,7 @@ from inferfleet.producer.messages import (
     Message,
     check_job_id,
     check_model_name,
+    check_priority,
     chunks,
     sample_ids_of,
     samples_as_columns,
@@ -96,6 +97,17 @@ class Job:
     def status(self) -> str:
         """queued, running, a terminal status, or unknown."""
         return self.client.status(self.id)
+
+
+@dataclass(frozen=True)
+class _Enqueueing:
+    """How one submit's messages are enqueued: their times, how long to wait for room,
+    and their priority."""
+
+    submitted_at: float
+    deadline_at: float | None
+    wait_for_room_s: float
+    priority: str
 
 
 class Client:
@@ -160,7 +172,8 @@ class Client:
     def submit(self, model: str, samples: Any, *, session_id: str | None = None,
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
                deadline_s: float | None = None, validate: bool = True, strict: bool = False,
-               wait_for_room_s: float = 0.0, job_id: str | None = None) -> Job:
+               wait_for_room_s: float = 0.0, job_id: str | None = None,
+               priority: str = "normal") -> Job:
         """Enqueue one job holding every sample of `samples`.
 
         `samples` is an array whose first axis is the samples, a dict of input name to
@@ -177,6 +190,11 @@ class Client:
         first, enqueued once; the same id with other inputs is refused. Without it, each
         submit is a new job with a fresh id.
 
+        `priority` ("high", "normal" or "low") orders the model's queue: a worker takes
+        `high` jobs before those queued earlier at `normal` (a bulk backfill), and `low`
+        after both, with one take in ten kept for each lower level while higher ones
+        have work, so that none waits for good.
+
         Raises:
             InvalidInputError: listing each bad sample, if `strict` and any is bad
                 (nothing is enqueued).
@@ -190,14 +208,15 @@ class Client:
         return self._submit(model, samples, job_size=None, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
-                            wait_for_room_s=wait_for_room_s, job_id=job_id)[0]
+                            wait_for_room_s=wait_for_room_s, job_id=job_id,
+                            priority=priority)[0]
 
     @_broker_errors
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
                     session_id: str | None = None, sample_ids: Sequence[str] | None = None,
                     model_version: str | None = None, deadline_s: float | None = None,
                     validate: bool = True, strict: bool = False,
-                    wait_for_room_s: float = 0.0) -> list[Job]:
+                    wait_for_room_s: float = 0.0, priority: str = "normal") -> list[Job]:
         """Split `samples` into jobs of `job_size` and enqueue them in pipelined chunks.
 
         Raises:
@@ -210,7 +229,7 @@ class Client:
         return self._submit(model, samples, job_size=job_size, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
-                            wait_for_room_s=wait_for_room_s)
+                            wait_for_room_s=wait_for_room_s, priority=priority)
 
     def stream(self, model: str, samples: Iterable[Any], *, max_in_flight: int = 1024,
                job_size: int | None = None, session_id: str | None = None, start: int = 0,
@@ -259,8 +278,9 @@ class Client:
                 session_id: str | None, sample_ids: Sequence[str] | None,
                 model_version: str | None, deadline_s: float | None,
                 validate: bool, strict: bool, wait_for_room_s: float,
-                job_id: str | None = None) -> list[Job]:
+                job_id: str | None = None, priority: str = "normal") -> list[Job]:
         check_model_name(model)
+        check_priority(priority)
         if session_id is not None:
             check_session_id(session_id)
         table = is_data_frame(samples)
@@ -293,8 +313,8 @@ class Client:
                     "sample_ids": None if ids is None else ids[start:start + size]},
                     min(start + size, total) - start, given_id=job_id is not None)
                 for start in range(chunk_start, chunk_stop, size)]
-            self._publish(model, session_id, messages, submitted_at, deadline_at,
-                          wait_for_room_s, jobs)
+            self._publish(model, session_id, messages, _Enqueueing(
+                submitted_at, deadline_at, wait_for_room_s, priority), jobs)
             jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
                      for m in messages]
         return jobs
@@ -314,8 +334,7 @@ class Client:
         return deadline_s
 
     def _publish(self, model: str, session_id: str | None, messages: list[Message],
-                 submitted_at: float, deadline_at: float | None, wait_for_room_s: float,
-                 submitted: list[Job]) -> None:
+                 how: _Enqueueing, submitted: list[Job]) -> None:
         """Push the messages with their ledger records in one atomic round trip (in a
         span per job, when tracing is on).
 
@@ -323,18 +342,16 @@ class Client:
             QueueFullError: if the queue has no room for them within `wait_for_room_s`.
         """
         if self._tracer is None:
-            self._enqueue(model, session_id, messages, [None] * len(messages), submitted_at,
-                          deadline_at, wait_for_room_s, submitted)
+            self._enqueue(model, session_id, messages, [None] * len(messages), how, submitted)
             return
         with self._tracer.submitting(model, session_id, [m.job_id for m in messages]
                                      ) as trace_headers:
-            self._enqueue(model, session_id, messages, trace_headers, submitted_at,
-                          deadline_at, wait_for_room_s, submitted)
+            self._enqueue(model, session_id, messages, trace_headers, how, submitted)
 
     def _enqueue(self, model: str, session_id: str | None, messages: list[Message],
-                 trace_headers: Sequence[dict[str, str] | None], submitted_at: float,
-                 deadline_at: float | None, wait_for_room_s: float,
+                 trace_headers: Sequence[dict[str, str] | None], how: _Enqueueing,
                  submitted: list[Job]) -> None:
+        submitted_at, deadline_at = how.submitted_at, how.deadline_at
         queue = keys.model_queue(model)
         # The repr Flower shows; given so that nothing reprs the arrays.
         session = f", session: {session_id!r}" if session_id else ""
@@ -348,14 +365,14 @@ class Client:
                 f"a job's message would be {biggest} bytes, over max_message_bytes="
                 f"{self.settings.max_message_bytes}: submit fewer samples per job")
         limit = self.settings.max_queued_jobs
-        deadline = time.monotonic() + wait_for_room_s
+        deadline = time.monotonic() + how.wait_for_room_s
         while True:
             try:
                 outcome = self._ledger.enqueue(
                     queue, queued_jobs, model=model, session_id=session_id,
                     submitted_at=submitted_at, deadline_at=deadline_at, limit=limit,
                     wait_replicas=self.settings.wait_replicas,
-                    wait_timeout_ms=self.settings.wait_timeout_ms)
+                    wait_timeout_ms=self.settings.wait_timeout_ms, priority=how.priority)
             except redis.exceptions.OutOfMemoryError as exc:
                 raise core.broker_full(self.settings, submitted) from exc
             if outcome.conflict is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from inferfleet import keys
 from inferfleet.errors import BadArgumentError
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer.inputs import as_columns
@@ -104,3 +105,10 @@ def check_job_id(job_id: str | None) -> None:
     if job_id is not None and (not isinstance(job_id, str) or
                                not re.match(JOB_ID_PATTERN, job_id)):
         raise BadArgumentError(f"job_id {job_id!r} must be a string matching {JOB_ID_PATTERN}")
+
+
+def check_priority(priority: str) -> None:
+    """Raises: BadArgumentError: for a priority that is not one of `keys.PRIORITIES`."""
+    if priority not in keys.PRIORITIES:
+        raise BadArgumentError(f"priority {priority!r} must be one of "
+                               f"{', '.join(map(repr, keys.PRIORITIES))}")

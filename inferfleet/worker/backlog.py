@@ -50,11 +50,13 @@ class QueueBacklog:
         try:
             pipe = self.client.pipeline(transaction=False)
             for model in active:
-                pipe.llen(keys.model_queue(model))
+                for key in keys.queue_lists(keys.model_queue(model)):
+                    pipe.llen(key)
             pipe.llen(keys.DEFAULT_QUEUE)
             *lengths, shared = pipe.execute()
-            self._waiting = {model: int(n) + int(shared)
-                             for model, n in zip(active, lengths, strict=True)}
+            levels = len(keys.PRIORITIES)
+            self._waiting = {model: sum(map(int, lengths[i * levels:(i + 1) * levels]))
+                             + int(shared) for i, model in enumerate(active)}
         except redis.RedisError:  # only a hint: never let it fail a batch
             self._waiting = {}
 

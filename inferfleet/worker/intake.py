@@ -37,6 +37,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok  # type: ignore[attr-defined]
 
 from inferfleet import keys
+from inferfleet.worker.jobs import count_samples
 from inferfleet.worker.service import Delivery, InferenceService
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
         if taken_message.delivery.job_id in revoked:
             _end_revoked(service, taken_message, ack, errors, send)
             return
-        taken.taken(taken_message.queue)
+        service.job_taken(taken_message.queue, count_samples(taken_message.delivery.kwargs))
         pool.apply_async(run, args=(taken_message, ack, reject), callback=_ignore)
 
     return on_message

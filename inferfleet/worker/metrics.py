@@ -10,10 +10,8 @@ workers on, including a model's queue that no worker consumes yet.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -26,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from inferfleet import keys
 from inferfleet.ledger import redis_text, sample_counts
+from inferfleet.queues import read_queues
 from inferfleet.schemas import JobStatus, WireResult
 
 logger = logging.getLogger(__name__)
@@ -159,33 +158,15 @@ class _QueueCollector(Collector):
         try:
             published = {redis_text(name) for name in self.client.hkeys(keys.MODELS_HASH)}
             models = sorted(published | set(self.metrics.models))
-            pipe = self.client.pipeline(transaction=False)
-            for model in models:
-                pipe.llen(keys.model_queue(model))
-                pipe.lindex(keys.model_queue(model), -1)  # consumers pop from the right
-            pipe.llen(keys.DEAD_LETTERS)
-            *replies, dead_letters = pipe.execute()
+            queues = read_queues(self.client, models)
+            dead_letters = self.client.llen(keys.DEAD_LETTERS)
         except redis.RedisError:
             logger.warning("metrics: could not read queue depths", exc_info=True)
             return
-        now = time.time()
-        for model, length, oldest in zip(models, replies[::2], replies[1::2], strict=True):
-            depth.add_metric([model], int(length))
-            submitted = submitted_at(oldest)
-            age.add_metric([model], max(0.0, now - submitted) if submitted else 0.0)
+        for model, queue in queues.items():
+            depth.add_metric([model], queue.depth)
+            age.add_metric([model], queue.oldest_age_s)
         dead.add_metric([], int(dead_letters))
         yield depth
         yield age
         yield dead
-
-
-def submitted_at(raw: bytes | None) -> float | None:
-    """The `submitted_at` of a queued message, if it is one of ours and says."""
-    if raw is None:
-        return None
-    try:
-        kwargs: Any = json.loads(json.loads(raw)["body"])[1]
-        value = kwargs.get("submitted_at")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, int | float) else None

@@ -31,6 +31,7 @@ from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
+from inferfleet.take import TAKEN_PRIORITY
 from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
@@ -94,6 +95,8 @@ class Delivery:
     tag: str | None = None
     #: The message's headers, as sent (the trace context rides in them).
     headers: Mapping[str, Any] = field(default_factory=dict)
+    #: The priority whose list the message was taken from (`normal` when not known).
+    priority: str = "normal"
 
     @classmethod
     def of(cls, job_id: str, args: Sequence[Any], kwargs: object, *,
@@ -108,7 +111,8 @@ class Delivery:
                    redelivered=bool((delivery_info or {}).get("redelivered")),
                    taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
                    tag=tag if isinstance(tag, str) else None,
-                   headers=headers if isinstance(headers, Mapping) else {})
+                   headers=headers if isinstance(headers, Mapping) else {},
+                   priority=str(properties.get(TAKEN_PRIORITY) or "normal"))
 
 
 @dataclass
@@ -158,7 +162,7 @@ class InferenceService:
         #: Rows this process keeps ahead of its batcher: enough for the next batches,
         #: no more.
         self.take_ahead = TakeAhead(settings.max_batch_rows)
-        self._rows_per_job = 1.0  # a moving average of the jobs seen
+        self._rows_per_job = 1.0  # a moving average of the jobs taken
 
     def start(self) -> None:
         """Start the background duties (heartbeats first: a channel takes nothing until
@@ -192,6 +196,16 @@ class InferenceService:
                                 queued_rows=self.batcher.queued_rows,
                                 jobs_ahead=self.batcher.arriving_jobs +
                                 self.taken.not_begun())
+
+    def job_taken(self, queue: str, rows: int) -> None:
+        """A message of `rows` samples was taken from `queue` (in the consumer's thread):
+        counted until a pool thread begins it, and its rows in the average the take
+        budget converts rows to messages with. Counted at the take, not when a pool thread
+        decodes the job: the next take is a round trip away, and with the average still at
+        a single-sample job's one row a worker took 128 jobs of 256 samples in a burst,
+        all of them ahead of a `high` job that came a moment later."""
+        self.taken.taken(queue)
+        self._rows_per_job += 0.2 * (max(1, rows) - self._rows_per_job)
 
     def warm_up(self, names: list[str]) -> list[str]:
         """Load each model (a first run included) and publish its signature; the names
@@ -265,7 +279,7 @@ class InferenceService:
                                       f"wire schema); got {delivery.positional_args} "
                                       "positional")
             with self.batcher.arriving() as arrival:
-                prepared = self._prepare(job_id, kwargs, delivery.taken_at or started,
+                prepared = self._prepare(job_id, delivery, delivery.taken_at or started,
                                          arrival, trace)
             result = self._finish(job_id, prepared, started)
         except JobRefusedError as exc:
@@ -357,7 +371,7 @@ class InferenceService:
             self.metrics.job_done(result, time.perf_counter() - started)
         return stored
 
-    def _prepare(self, job_id: str, kwargs: dict[str, Any], taken_at: float,
+    def _prepare(self, job_id: str, delivery: Delivery, taken_at: float,
                  arrival: Arrival, trace: JobTrace) -> _Prepared:
         """The job's checked samples, handed to the batcher.
 
@@ -365,15 +379,15 @@ class InferenceService:
             JobRefusedError: if the job ends without being computed (`expired` if its
                 message was first taken after its deadline).
         """
-        request = checked_request(kwargs, taken_at=taken_at,
+        request = checked_request(delivery.kwargs, taken_at=taken_at,
                                   max_deadline_s=self.settings.result_ttl_s)
         model = self._model_for(request)
         job = checked_samples(request, model.signature, self.limits)
-        self._rows_per_job += 0.2 * (job.n_samples - self._rows_per_job)
         future = None
         if len(job.valid_index):
-            future = self.batcher.submit(_batch_key(model, job.inputs), job.inputs,
-                                         arrival=arrival, tag=trace.link)
+            high = delivery.priority == "high"
+            future = self.batcher.submit(_batch_key(model, job.inputs, high=high), job.inputs,
+                                         arrival=arrival, tag=trace.link, patient=not high)
         return _Prepared(request, model, job, future, trace)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
@@ -450,10 +464,13 @@ def _notify_list(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def _batch_key(model: OnnxModel, inputs: Mapping[str, npt.NDArray[Any]]) -> Hashable:
+def _batch_key(model: OnnxModel, inputs: Mapping[str, npt.NDArray[Any]], *,
+               high: bool = False) -> Hashable:
     """Jobs share a batch only for the same model version and per-sample shapes; the key
     holds the model itself, so a batch runs on the version its jobs were checked against
-    even if a new one has loaded since."""
+    even if a new one has loaded since. `high` jobs batch apart, and their batches never
+    wait for company: their lane runs beside one of bulk work (ONNX Runtime runs a
+    session's calls concurrently), never behind its batches."""
     shapes = tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
-    return (model.signature.name, model, shapes)
+    return (model.signature.name, model, shapes, high)
 

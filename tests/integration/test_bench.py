@@ -19,6 +19,7 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
     for scenario in ("raw batch 1 ", "raw batch 1024", "| naive |", "fleet single-sample jobs",
                      "fleet bulk (256/job)", "naive latency, 1 in flight",
                      "fleet latency, 1 in flight", "fleet load 400/s", "drain naive",
+                     "fleet high job behind", "fleet normal job behind",
                      "drain fleet single-sample", "drain fleet bulk", "| submit alone |",
                      "submit alone, WAIT 1 replica", "transport ceiling (256/message)",
                      "fleet as the README starts it: single-sample jobs",
@@ -31,6 +32,7 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
                    "digits: single-sample jobs / naive", "digits: light-load p99 of the fleet"):
         assert target in text, target
     assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
+    assert "a `high` single-sample job behind a" in text
     assert plot.stat().st_size > 10_000
 
 

@@ -247,6 +247,25 @@ def test_the_observer_hears_of_each_batch_with_the_tags_of_its_requests() -> Non
     batcher.close()
 
 
+def test_an_impatient_request_never_waits_for_announced_jobs_or_a_backlog() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_rows=64, max_wait_ms=60_000,
+                           backlog=lambda _key: 1000)
+    with batcher.arriving():
+        future = batcher.submit("m", rows(1), patient=False)
+        assert future.done()  # ran inline, though jobs were announced and queued
+        model.held, model.release, model.entered = {"m"}, threading.Event(), threading.Event()
+        running: Future[Future[BatchOutcome]] = Future()
+        threading.Thread(target=lambda: running.set_result(
+            batcher.submit("m", rows(0), patient=False))).start()
+        assert model.entered.wait(5)
+        queued = batcher.submit("m", rows(2), patient=False)  # behind the running batch
+        model.release.set()
+        running.result(5).result(5)
+        np.testing.assert_array_equal(queued.result(5).outputs["y"], [[4]])  # no 60 s wait
+    batcher.close()
+
+
 def test_an_observer_that_raises_fails_no_batch() -> None:
     def broken(_record: BatchRecord) -> None:
         raise RuntimeError("observer bug")
