@@ -116,3 +116,19 @@ def session_stream(session_id: str) -> str:
 def doorbell(job_id: str) -> str:
     """A short list pushed once the result is stored, so that one waiter can BLPOP it."""
     return f"{PREFIX}:done:{job_id}"
+
+
+def cache_bucket(model: str, version: str, bucket: int) -> str:
+    """The result cache's entries for one model version written in one time bucket (a
+    hash of sample digest -> outputs; see `inferfleet.cache`)."""
+    return f"{PREFIX}:cache:{model}:{version}:{bucket}"
+
+
+def cache_bytes(bucket: int) -> str:
+    """The bytes the result cache wrote in one time bucket, all models together."""
+    return f"{PREFIX}:cache-bytes:{bucket}"
+
+
+def cache_index(model: str) -> str:
+    """The set of a model's cache buckets (to delete an old version's)."""
+    return f"{PREFIX}:cache-index:{model}"

@@ -41,7 +41,7 @@ _TERMINAL = {status.value for status in JobStatus}
 # KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream,
 # deadlines.
 # ARGV: meta JSON, ttl, status, finished_at, job id, model, samples by status (success,
-# failure, expired), latency bucket (or ''), stream length bound.
+# failure, expired), latency bucket (or ''), stream length bound, samples from the cache.
 # A refused write is counted in the job's record (`refused_writes`): a duplicate computed.
 _STORE_ONCE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -67,6 +67,7 @@ if KEYS[5] ~= '' then
   redis.call('HINCRBY', KEYS[5], 'samples:success', ARGV[7])
   redis.call('HINCRBY', KEYS[5], 'samples:failure', ARGV[8])
   redis.call('HINCRBY', KEYS[5], 'samples:expired', ARGV[9])
+  if ARGV[12] ~= '0' then redis.call('HINCRBY', KEYS[5], 'samples:cache_hit', ARGV[12]) end
   redis.call('HINCRBY', KEYS[5], 'model:' .. ARGV[6] .. ':done', done)
   if ARGV[10] ~= '' then redis.call('HINCRBY', KEYS[5], 'latency:' .. ARGV[10], done) end
   local last = tonumber(redis.call('HGET', KEYS[5], 'last_finished_at') or '0')
@@ -203,7 +204,7 @@ def _store_once_call(result: WireResult, notify: str | None, *, ttl_s: int, now:
         [celery_meta(result), ttl_s, result.status.value, now, result.job_id, result.model,
          counts["success"], counts["failure"], counts["expired"],
          "" if result.latency_ms is None else latency_bucket(result.latency_ms),
-         session_stream_max_jobs])
+         session_stream_max_jobs, len(result.cache_hits)])
 
 
 def store_once_command(result: WireResult, *, ttl_s: int, notify: str | None = None,

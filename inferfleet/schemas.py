@@ -91,6 +91,9 @@ class JobRequest(BaseModel):
     #: A list the worker pushes the job id onto once the result is stored; it must start
     #: with `inferfleet:notify:`.
     notify: str | None = Field(None, pattern=r"^inferfleet:notify:[A-Za-z0-9_.:-]{1,100}$")
+    #: Answer repeated samples from the fleet-wide result cache (`inferfleet.cache`);
+    #: None: as the model's config says (off unless it says `"cache": true`).
+    cache: bool | None = None
 
 
 class JobTimings(BaseModel):
@@ -121,6 +124,8 @@ class WireResult(BaseModel):
     providers: list[str] = Field(default_factory=list)
     #: The coalesced batches (ONNX Runtime calls) that computed this job's samples.
     batch_ids: list[str] = Field(default_factory=list)
+    #: The indices of the samples answered from the result cache (not computed).
+    cache_hits: list[int] = Field(default_factory=list)
 
 
 class SampleResult(BaseModel):
@@ -134,6 +139,8 @@ class SampleResult(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     latency_ms: float | None = None
+    #: Answered from the fleet-wide result cache, not computed.
+    cache_hit: bool = False
 
 
 class ModelCounts(BaseModel):
@@ -170,6 +177,9 @@ class SessionSummary(BaseModel):
     models: dict[str, ModelCounts]
     #: The samples the submitter said are coming (`Client.expect`); None if it did not.
     samples_expected: int | None = None
+    #: Samples answered from the result cache, and their share of those done.
+    samples_cache_hits: int = 0
+    cache_hit_rate: float | None = None
 
 
 class JobResult(BaseModel):
@@ -191,7 +201,13 @@ class JobResult(BaseModel):
     timings: JobTimings
     providers: list[str] = Field(default_factory=list)
     batch_ids: list[str] = Field(default_factory=list)
+    cache_hits: list[int] = Field(default_factory=list)
     _columns: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """The share of the job's samples answered from the result cache."""
+        return len(self.cache_hits) / len(self.sample_ids) if self.sample_ids else 0.0
 
     def column(self, name: str) -> Any:
         """One output for every sample at once (rows of failed samples are zero/None).
@@ -207,6 +223,7 @@ class JobResult(BaseModel):
         bulk through `column` never pays for them)."""
         errors = {error.index: ErrorInfo(code=error.code, message=error.message)
                   for error in self.errors}
+        hits = set(self.cache_hits)
         return [SampleResult.model_construct(
             sample_id=sample_id, job_id=self.job_id, status=status,
             outputs=({name: _row(column, index) for name, column in self._columns.items()}
@@ -214,7 +231,7 @@ class JobResult(BaseModel):
             # A whole-job failure (`error`) is each of its failed samples' error too.
             error=errors.get(index) or (self.error if status is not SampleStatus.SUCCESS
                                         else None),
-            latency_ms=self.latency_ms,
+            latency_ms=self.latency_ms, cache_hit=index in hits,
         ) for index, (sample_id, status) in enumerate(zip(self.sample_ids, self.sample_status,
                                                           strict=True))]
 

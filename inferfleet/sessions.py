@@ -69,7 +69,8 @@ def summarise(session_id: str, stats: dict[str, str]) -> SessionSummary:
         samples_per_s=done / (last - first) if first and last and last > first else None,
         first_submitted_at=first, last_finished_at=last, models=_models(stats),
         samples_expected=int(stats["samples_expected"]) if "samples_expected" in stats
-        else None)
+        else None, samples_cache_hits=count("samples:cache_hit"),
+        cache_hit_rate=count("samples:cache_hit") / done if done else None)
 
 
 def _percentile(histogram: list[tuple[int, int]], q: float) -> float | None:

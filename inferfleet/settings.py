@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # Log lines as text, or one JSON object per line (with job, session, model and batch
     # ids where a record has them).
     log_format: Literal["text", "json"] = "text"
+    # The result cache (`inferfleet.cache`): how long an entry lives (one to two of
+    # these), and the most bytes it may hold in the broker Redis (it never evicts).
+    cache_ttl_s: int = Field(3600, ge=1)
+    cache_max_bytes: int = Field(64 * 2**20, ge=0)
     # OpenTelemetry traces of every job (the `tracing` extra; see `inferfleet.tracing`).
     otel: bool = False
     # A worker's Prometheus /metrics port (0: none); `up` gives its worker N port + N.

@@ -96,7 +96,22 @@ def costs(result: BenchResult) -> list[str]:
                          f"one without ({durable[0].p50_ms:.2f} vs {plain[0].p50_ms:.2f} ms; "
                          f"{durable[0].rate:,.0f} vs {plain[0].rate:,.0f} submits/s)")
         lines += _priority_lines(result, model)
+        lines += _cache_lines(result, model)
     return lines
+
+
+def _cache_lines(result: BenchResult, model: str) -> list[str]:
+    rates = {(repeated, cache): _rate(result, model, re.escape(
+        f"fleet bulk, {repeated} repeated, cache {cache}"))
+        for repeated in ("50%", "0%") for cache in ("on", "off")}
+    if any(math.isnan(rate) for rate in rates.values()):
+        return []
+    gain = rates["50%", "on"] / rates["50%", "off"]
+    miss = rates["0%", "on"] / rates["0%", "off"]
+    return [f"- {model}: the result cache with half the samples repeated: "
+            f"{rates['50%', 'on']:,.0f} samples/s against {rates['50%', 'off']:,.0f} with it "
+            f"off ({gain:.2f}x); with every sample new (all misses): "
+            f"{rates['0%', 'on']:,.0f} against {rates['0%', 'off']:,.0f} ({miss:.2f}x)"]
 
 
 def _priority_lines(result: BenchResult, model: str) -> list[str]:

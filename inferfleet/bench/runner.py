@@ -236,6 +236,7 @@ class Bench:
             scenarios.latency, submit, wait, rows)))
         if name == "fleet":
             self._behind_backfill(model, client)
+            self._result_cache(model, client)
         for rate in options.load_rates:
             rows = self.rows(model, options.count(int(rate * options.load_seconds)))
             self.result.add(model, f"{name} load {rate:g}/s", [self._measured(partial(
@@ -253,6 +254,22 @@ class Bench:
                                 scenarios.behind_backfill, client, model, backfill,
                                 probes[:n], job_size=options.job_size(model),
                                 priority=priority)))
+
+    def _result_cache(self, model: str, client: Client) -> None:
+        """Bulk jobs with the result cache off and on: half the samples repeats of
+        earlier ones (the gain), and every sample new (what a miss costs). Each run sends
+        samples no earlier run has sent."""
+        options = self.options
+        rows = self.rows(model, options.count(options.bulk_samples.get(model, 50_000)))
+        rng = np.random.default_rng(7)
+        def run(repeated: float, cache: bool) -> Measurement:
+            return scenarios.bulk(client, model, scenarios.with_repeats(rows, repeated, rng),
+                                  job_size=options.job_size(model), cache=cache)
+
+        for repeated in (0.5, 0.0):
+            for cache in (False, True):
+                label = f"fleet bulk, {repeated:.0%} repeated, cache {'on' if cache else 'off'}"
+                self.result.add(model, label, self._repeat(partial(run, repeated, cache)))
 
     def _drains(self, model: str) -> None:
         options = self.options

@@ -108,13 +108,23 @@ def throughput(client: Client, submit: Submit, rows: Rows, *, per_job: int,
     return _measured(submitted, seen, failed, started)
 
 
-def bulk(client: Client, model: str, rows: Rows, *, job_size: int) -> Measurement:
+def bulk(client: Client, model: str, rows: Rows, *, job_size: int,
+         cache: bool | None = None) -> Measurement:
     """`submit_many` of every row, then wait for every result."""
     started = time.perf_counter()
-    jobs = client.submit_many(model, rows, job_size=job_size)
+    jobs = client.submit_many(model, rows, job_size=job_size, cache=cache)
     submitted = {job.id: (started, job.n_samples) for job in jobs}
     seen, failed = collect(client.redis, list(submitted), timeout_s=600, decode=fleet_failures)
     return _measured(submitted, seen, failed, started)
+
+
+def with_repeats(rows: Rows, repeated: float, rng: np.random.Generator) -> Rows:
+    """`rows` made new (noise no run has sent before), of which the share `repeated`
+    are then repeats of earlier ones: the first `1 - repeated` of the output is new, the
+    rest is drawn from it."""
+    fresh = (rows + rng.random(rows.shape, dtype=np.float32) * 1e-3).astype(rows.dtype)
+    new = max(1, int(len(rows) * (1 - repeated)))
+    return np.concatenate([fresh[:new], fresh[rng.integers(0, new, len(rows) - new)]])
 
 
 def transport_ceiling(client: redis.Redis, envelope: bytes, *, rows_per_message: int,

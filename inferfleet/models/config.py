@@ -58,6 +58,9 @@ class ModelConfig(BaseModel):
     features: list[str] | None = None
     postprocess: PostprocessConfig | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    #: Answer repeated samples from the fleet-wide result cache unless a submit says
+    #: `cache=False` (see `inferfleet.cache`).
+    cache: bool = False
 
 
 class ModelSignature(BaseModel):

@@ -173,7 +173,7 @@ class Client:
                sample_ids: Sequence[str] | None = None, model_version: str | None = None,
                deadline_s: float | None = None, validate: bool = True, strict: bool = False,
                wait_for_room_s: float = 0.0, job_id: str | None = None,
-               priority: str = "normal") -> Job:
+               priority: str = "normal", cache: bool | None = None) -> Job:
         """Enqueue one job holding every sample of `samples`.
 
         `samples` is an array whose first axis is the samples, a dict of input name to
@@ -195,6 +195,10 @@ class Client:
         after both, with one take in ten kept for each lower level while higher ones
         have work, so that none waits for good.
 
+        `cache=True` answers samples seen before (by this model version) from the
+        fleet-wide result cache, without running the model (`SampleResult.cache_hit`);
+        None leaves it to the model's config, False refuses it.
+
         Raises:
             InvalidInputError: listing each bad sample, if `strict` and any is bad
                 (nothing is enqueued).
@@ -209,14 +213,15 @@ class Client:
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
                             wait_for_room_s=wait_for_room_s, job_id=job_id,
-                            priority=priority)[0]
+                            priority=priority, cache=cache)[0]
 
     @_broker_errors
     def submit_many(self, model: str, samples: Any, *, job_size: int = 256,
                     session_id: str | None = None, sample_ids: Sequence[str] | None = None,
                     model_version: str | None = None, deadline_s: float | None = None,
                     validate: bool = True, strict: bool = False,
-                    wait_for_room_s: float = 0.0, priority: str = "normal") -> list[Job]:
+                    wait_for_room_s: float = 0.0, priority: str = "normal",
+                    cache: bool | None = None) -> list[Job]:
         """Split `samples` into jobs of `job_size` and enqueue them in pipelined chunks.
 
         Raises:
@@ -229,7 +234,7 @@ class Client:
         return self._submit(model, samples, job_size=job_size, session_id=session_id,
                             sample_ids=sample_ids, model_version=model_version,
                             deadline_s=deadline_s, validate=validate, strict=strict,
-                            wait_for_room_s=wait_for_room_s, priority=priority)
+                            wait_for_room_s=wait_for_room_s, priority=priority, cache=cache)
 
     def stream(self, model: str, samples: Iterable[Any], *, max_in_flight: int = 1024,
                job_size: int | None = None, session_id: str | None = None, start: int = 0,
@@ -278,9 +283,12 @@ class Client:
                 session_id: str | None, sample_ids: Sequence[str] | None,
                 model_version: str | None, deadline_s: float | None,
                 validate: bool, strict: bool, wait_for_room_s: float,
-                job_id: str | None = None, priority: str = "normal") -> list[Job]:
+                job_id: str | None = None, priority: str = "normal",
+                cache: bool | None = None) -> list[Job]:
         check_model_name(model)
         check_priority(priority)
+        if cache is not None and not isinstance(cache, bool):
+            raise BadArgumentError(f"cache must be True, False or None, got {cache!r}")
         if session_id is not None:
             check_session_id(session_id)
         table = is_data_frame(samples)
@@ -304,7 +312,7 @@ class Client:
         common = {"v": WIRE_VERSION, "model": model, "model_version": model_version,
                   "session_id": session_id, "submitted_at": submitted_at,
                   "notify": self.notify_list,
-                  "deadline_at": deadline_at}
+                  "deadline_at": deadline_at, **({} if cache is None else {"cache": cache})}
         jobs: list[Job] = []
         for chunk_start, chunk_stop in chunks(total, size):
             messages = [

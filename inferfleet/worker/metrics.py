@@ -61,6 +61,9 @@ class WorkerMetrics:
             "inferfleet_result_writes_refused", "Result writes a full Redis (maxmemory, "
             "noeviction) refused; the job waits for room and tries again.", ["model"],
             registry=self.registry)
+        self.cache_lookups = Counter(
+            "inferfleet_cache_lookups", "Samples of jobs using the result cache: answered "
+            "from it (hit) or computed (miss).", ["model", "outcome"], registry=self.registry)
         for model in self.models:
             self._start_at_zero(model)
         self.registry.register(_QueueCollector(client, self))
@@ -78,6 +81,8 @@ class WorkerMetrics:
                           self.latency_seconds):
             histogram.labels(model)
         self.refused_writes.labels(model)
+        for outcome in ("hit", "miss"):
+            self.cache_lookups.labels(model, outcome)
 
     def _seconds(self, what: str, doc: str) -> Histogram:
         return Histogram(f"inferfleet_{what}_seconds", doc, ["model"], buckets=_SECONDS,
@@ -121,6 +126,11 @@ class WorkerMetrics:
                 self.queue_seconds.labels(model).observe(timings.queued_ms / 1000)
             if timings.batch_wait_ms is not None:
                 self.batch_wait_seconds.labels(model).observe(timings.batch_wait_ms / 1000)
+
+    def cache_used(self, model: str, *, hits: int, misses: int) -> None:
+        """Count a job's samples looked up in the result cache."""
+        self.cache_lookups.labels(model, "hit").inc(hits)
+        self.cache_lookups.labels(model, "miss").inc(misses)
 
     def batch_done(self, model: str, rows: int, seconds: float) -> None:
         self.batch_rows.labels(model).observe(rows)

@@ -21,6 +21,7 @@ import redis
 
 from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, BatchRecord, MicroBatcher
+from inferfleet.cache import ResultCache
 from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
 from inferfleet.liveness import TAKEN_AT, Heartbeats
@@ -35,6 +36,7 @@ from inferfleet.take import TAKEN_PRIORITY
 from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
+from inferfleet.worker.cached import CachedJob, JobCache
 from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
@@ -122,6 +124,8 @@ class _Prepared:
     job: ValidatedJob
     future: Future[BatchOutcome] | None
     trace: JobTrace
+    #: The job's way through the result cache, when it uses it.
+    cached: CachedJob | None = None
 
 
 class InferenceService:
@@ -144,6 +148,8 @@ class InferenceService:
         self.taken = TakenJobs()
         #: Makes each job's spans (`INFERFLEET_OTEL`); None when tracing is off.
         self.tracer = JobTracer() if settings.otel else None
+        self.cache = JobCache(ResultCache(client, ttl_s=settings.cache_ttl_s,
+                                          max_bytes=settings.cache_max_bytes))
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process(),
                               providers=settings.provider_list(), on_load=self._publish)
@@ -222,9 +228,11 @@ class InferenceService:
         return served
 
     def _publish(self, model: OnnxModel) -> None:
-        """Tell clients the signature (and providers) of a model version just loaded."""
+        """Tell clients the signature (and providers) of a model version just loaded, and
+        drop the cached results of its other versions."""
         signature = model.signature.model_copy(update={"providers": model.providers})
         self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
+        self.cache.cache.forget_other_versions(model.signature.name, model.signature.version)
 
     def handle(self, delivery: Delivery) -> WireResult | None:
         """Run one job to its terminal result and store it (once); None for a message
@@ -383,12 +391,18 @@ class InferenceService:
                                   max_deadline_s=self.settings.result_ttl_s)
         model = self._model_for(request)
         job = checked_samples(request, model.signature, self.limits)
-        future = None
-        if len(job.valid_index):
-            high = delivery.priority == "high"
-            future = self.batcher.submit(_batch_key(model, job.inputs, high=high), job.inputs,
-                                         arrival=arrival, tag=trace.link, patient=not high)
-        return _Prepared(request, model, job, future, trace)
+        high = delivery.priority == "high"
+
+        def submit(inputs: Mapping[str, npt.NDArray[Any]]) -> Future[BatchOutcome]:
+            return self.batcher.submit(_batch_key(model, inputs, high=high), inputs,
+                                       arrival=arrival, tag=trace.link, patient=not high)
+
+        if not len(job.valid_index):
+            return _Prepared(request, model, job, None, trace)
+        if request.cache if request.cache is not None else model.config.cache:
+            cached = self.cache.begin(request.model, model.signature.version, job, submit)
+            return _Prepared(request, model, job, cached.future, trace, cached)
+        return _Prepared(request, model, job, submit(job.inputs), trace)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
         """Raises: JobRefusedError: if this worker cannot serve the model asked for."""
@@ -407,11 +421,12 @@ class InferenceService:
 
     def _finish(self, job_id: str, prepared: _Prepared, started: float) -> WireResult:
         outcome = None
-        if prepared.future is not None:
+        if prepared.future is not None or prepared.cached is not None:
             try:
-                outcome = prepared.future.result(timeout=self.settings.job_time_limit_s)
+                outcome = self._outcome_of(prepared)
             except TimeoutError:
-                prepared.future.cancel()  # not computed for nobody, if not begun yet
+                if prepared.future is not None:
+                    prepared.future.cancel()  # not computed for nobody, if not begun yet
                 logger.error("job %s: no batch result within job_time_limit_s", job_id)
                 return self._failed(
                     job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
@@ -422,21 +437,41 @@ class InferenceService:
                 logger.exception("job %s: batch failed", job_id)
                 return self._failed(job_id, prepared.request.model_dump(),
                                      ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
-        if outcome is not None:
-            prepared.trace.batched(outcome)
+        batched = outcome is not None and bool(outcome.batch_id)  # not all from the cache
+        if batched:
+            prepared.trace.batched(outcome)  # type: ignore[arg-type]  # batched: not None
         finished = time.time()
         submitted = prepared.request.submitted_at
         timings = JobTimings(
             queued_ms=None if submitted is None else max(0.0, (started - submitted) * 1000),
-            batch_wait_ms=outcome.wait_ms if outcome else None,
-            inference_ms=outcome.run_ms if outcome else None,
+            batch_wait_ms=outcome.wait_ms if outcome and batched else None,
+            inference_ms=outcome.run_ms if outcome and batched else None,
             total_ms=(finished - started) * 1000)
         result = compose_result(job_id, prepared.request, prepared.model.signature,
                                 prepared.job, outcome, timings=timings,
                                 providers=prepared.model.providers)
         result.latency_ms = None if submitted is None else (finished - submitted) * 1000
-        result.batch_ids = [outcome.batch_id] if outcome else []
+        result.batch_ids = [outcome.batch_id] if outcome and batched else []
+        if prepared.cached is not None:
+            result.cache_hits = prepared.cached.hit_samples
+            if self.metrics is not None:
+                self.metrics.cache_used(result.model, hits=len(result.cache_hits),
+                                        misses=len(prepared.job.valid_index) -
+                                        len(result.cache_hits))
         return result
+
+    def _outcome_of(self, prepared: _Prepared) -> BatchOutcome:
+        """The batch outcome of the job's valid samples (through the cache, if it uses it).
+
+        Raises:
+            TimeoutError: after `job_time_limit_s`.
+            Exception: what its batch raised.
+        """
+        limit = self.settings.job_time_limit_s
+        if prepared.cached is not None:
+            return self.cache.finish(prepared.cached, timeout_s=limit)
+        assert prepared.future is not None
+        return prepared.future.result(timeout=limit)
 
     def _run_batch(self, key: Hashable, inputs: Mapping[str, npt.NDArray[Any]]
                    ) -> dict[str, Column]:

@@ -20,6 +20,7 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
                      "fleet bulk (256/job)", "naive latency, 1 in flight",
                      "fleet latency, 1 in flight", "fleet load 400/s", "drain naive",
                      "fleet high job behind", "fleet normal job behind",
+                     "fleet bulk, 50% repeated, cache on", "fleet bulk, 0% repeated, cache off",
                      "drain fleet single-sample", "drain fleet bulk", "| submit alone |",
                      "submit alone, WAIT 1 replica", "transport ceiling (256/message)",
                      "fleet as the README starts it: single-sample jobs",
@@ -33,6 +34,7 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
         assert target in text, target
     assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
     assert "a `high` single-sample job behind a" in text
+    assert "the result cache with half the samples repeated" in text
     assert plot.stat().st_size > 10_000
 
 

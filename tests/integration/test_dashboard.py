@@ -84,27 +84,35 @@ def test_every_dashboard_query_returns_series_that_agree_with_the_jobs_sent(
         with Client(settings=private_settings) as client:
             jobs = client.submit_many("digits", rows, job_size=5)
             results = client.results([job.id for job in jobs], timeout=60)
+            for _ in range(2):  # 47 good samples through the cache: missed, then hit
+                cached = client.submit_many("digits", rows[:50], job_size=5, cache=True)
+                results += client.results([job.id for job in cached], timeout=60)
             client.redis.lpush(keys.model_queue("digits"), b"not a message")  # dead letter
             wait_until(lambda: client.redis.llen(keys.DEAD_LETTERS) == 1, what="dead letter")
-        assert sum(r.status == "partial" for r in results) == 10
+        assert sum(r.status == "partial" for r in results) == 16
 
         def counted() -> bool:
             found = query(base, "sum by (status) (inferfleet_samples_total)")
             return {s["metric"]["status"]: float(s["value"][1]) for s in found} == \
-                {"success": 190.0, "failure": 10.0, "expired": 0.0}  # type: ignore[index]
+                {"success": 284.0, "failure": 16.0, "expired": 0.0}  # type: ignore[index]
         wait_until(counted, timeout_s=30, what="Prometheus to see every sample")
         time.sleep(3)  # a few scrapes after the jobs: every rate over [1m] has moved
 
         for title, promql in panel_queries():
             series = query(base, promql)
             assert series, f"panel {title!r}: {promql} returned no series"
-        assert value(base, 'sum(inferfleet_jobs_total{model="digits"})') == 40
+        assert value(base, 'sum(inferfleet_jobs_total{model="digits"})') == 60
         assert value(base, 'max(inferfleet_queue_depth{model="digits"})') == 0  # drained
         assert value(base, 'max(inferfleet_oldest_job_age_seconds{model="digits"})') == 0
         assert value(base, "max(inferfleet_dead_letters)") == 1
         assert value(base, 'sum(up{job="inferfleet-workers"})') == 1
         assert value(base, "sum(rate(inferfleet_result_writes_refused_total[1m]))") == 0
-        assert value(base, "sum(inferfleet_latency_seconds_count)") == 40
+        assert value(base, "sum(inferfleet_latency_seconds_count)") == 60
+        assert value(base, 'sum(inferfleet_cache_lookups_total{outcome="hit"})') == 47
+        assert value(base, 'sum(inferfleet_cache_lookups_total{outcome="miss"})') == 47
+        assert value(base, 'sum(rate(inferfleet_cache_lookups_total{outcome="hit"}[1m])) / '
+                           'sum(rate(inferfleet_cache_lookups_total[1m]))') == pytest.approx(
+                               0.5, abs=0.2)
         p99 = value(base, 'histogram_quantile(0.99, sum by (le) '
                           '(rate(inferfleet_latency_seconds_bucket[1m])))')
         assert 0 < p99 < 60
