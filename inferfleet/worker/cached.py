@@ -8,7 +8,9 @@ its samples are computed, or not stored, and a warning says so.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import redis
 
 from inferfleet.batching import BatchOutcome
@@ -23,18 +26,47 @@ from inferfleet.cache import (
     Claim,
     InFlight,
     ResultCache,
-    Row,
-    assemble,
-    decode_row,
-    encode_row,
+    decode_entries,
+    encode_rows,
     sample_digests,
 )
+from inferfleet.models.runtime import OnnxModel
 from inferfleet.validation import ValidatedJob
 
 logger = logging.getLogger(__name__)
 
 Inputs = Mapping[str, npt.NDArray[Any]]
 Submit = Callable[[Inputs], Future[BatchOutcome]]
+#: A model's outputs as served: its own outputs plus what postprocessing derives from them.
+Derive = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a model's cache entries hold: its own outputs (`kept`), from which `derive`
+    makes the rest (label, score, top-k) on a hit, so that entries stay small and decode
+    as arrays."""
+
+    kept: tuple[str, ...]
+    derive: Derive
+
+
+def cache_version(model: OnnxModel) -> str:
+    """The version a model's cache entries are kept under: its version, and a digest of
+    what shapes its outputs (outputs, labels, postprocessing), so that a config edited
+    without a new version number never answers with entries of the old layout. Made once
+    per loaded model (held weakly: a replaced version can be freed)."""
+    version = _VERSIONS.get(model)
+    if version is None:
+        layout = orjson.dumps([
+            model.signature.model_dump(include={"outputs", "labels", "scores"}),
+            model.postprocess.model_dump() if model.postprocess else None])
+        digest = hashlib.blake2b(layout, digest_size=4).hexdigest()
+        version = _VERSIONS[model] = f"{model.signature.version}.{digest}"
+    return version
+
+
+_VERSIONS: weakref.WeakKeyDictionary[OnnxModel, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -46,15 +78,28 @@ class CachedJob:
     version: str
     job: ValidatedJob
     digests: list[bytes]
-    hits: dict[int, Row]
+    #: The rows answered from the cache, and their outputs (columns over those rows).
+    hit_rows: list[int]
+    hit_columns: dict[str, Any]
     claim: Claim | None
     #: The batch of the rows this job computes (None: it computes none).
     future: Future[BatchOutcome] | None
+    #: The outputs its entries keep (`Outputs.kept`).
+    kept: tuple[str, ...] = ()
 
     @property
     def hit_samples(self) -> list[int]:
         """The job's sample indices answered from the cache."""
-        return sorted(int(self.job.valid_index[row]) for row in self.hits)
+        return [int(self.job.valid_index[row]) for row in self.hit_rows]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Some of a job's rows and their outputs (columns over those rows, in that order)."""
+
+    rows: list[int]
+    columns: Mapping[str, Any]
+    failed: dict[int, str]  # by place in `rows`
 
 
 class JobCache:
@@ -64,31 +109,52 @@ class JobCache:
         self.cache = cache
         self.in_flight = InFlight()
 
-    def begin(self, model: str, version: str, job: ValidatedJob, submit: Submit) -> CachedJob:
-        """Look the job's rows up, and submit to the batcher those no one computes."""
+    def model_loaded(self, model: OnnxModel) -> None:
+        """A model version was loaded: its other versions' entries go.
+
+        Raises:
+            redis.RedisError: if Redis cannot be reached.
+        """
+        self.cache.forget_other_versions(model.signature.name, cache_version(model))
+
+    def begin(self, model: str, version: str, job: ValidatedJob, submit: Submit,
+              outputs: Outputs) -> CachedJob:
+        """Look the job's rows up (`version`: the model's `cache_version`), and submit to
+        the batcher those no one computes."""
         digests = sample_digests(job.inputs)
         try:
             entries = self.cache.get(model, version, digests)
         except redis.RedisError as exc:
             logger.warning("the result cache could not be read (%s); computing", exc)
             entries = [None] * len(digests)
-        hits = {row: decode_row(entry) for row, entry in enumerate(entries) if entry is not None}
-        misses = [row for row in range(len(digests)) if row not in hits]
+        hit_rows = [row for row, entry in enumerate(entries) if entry is not None]
+        try:
+            hit_columns = decode_entries([entries[row] or b"" for row in hit_rows])
+            if hit_rows:
+                hit_columns = outputs.derive(hit_columns)
+        except ValueError as exc:
+            logger.warning("cache entries of model %s %s could not be read (%s); computing",
+                           model, version, exc)
+            hit_rows, hit_columns = [], {}
+        hit = set(hit_rows)
+        misses = [row for row in range(len(digests)) if row not in hit]
         if not misses:
-            return CachedJob(model, version, job, digests, hits, None, None)
+            return CachedJob(model, version, job, digests, hit_rows, hit_columns, None, None,
+                             outputs.kept)
         claim = self.in_flight.claim((model, version), [digests[row] for row in misses])
         compute = [misses[i] for i in claim.compute]
-        future = None
         target = claim.future
+        future = None
         if compute:
             future = submit({name: array[compute] for name, array in job.inputs.items()})
             future.add_done_callback(lambda done: _settle(target, done))
         else:
             target.set_result(None)
         # The claim's rows are the misses' own numbering: map its waits back to job rows.
-        claim = Claim(claim.future, compute,
-                      {misses[i]: wait for i, wait in claim.waits.items()}, claim.digests)
-        return CachedJob(model, version, job, digests, hits, claim, future)
+        claim = Claim(target, compute, {misses[i]: wait for i, wait in claim.waits.items()},
+                      claim.digests)
+        return CachedJob(model, version, job, digests, hit_rows, hit_columns, claim, future,
+                         outputs.kept)
 
     def finish(self, cached: CachedJob, *, timeout_s: float) -> BatchOutcome:
         """The job's outcome over all its rows: hits, rows computed here, rows computed by
@@ -101,14 +167,17 @@ class JobCache:
         claim = cached.claim
         try:
             own = cached.future.result(timeout=timeout_s) if cached.future else None
-            rows, failed = self._gather(cached, own, timeout_s)
-            if own is not None and claim is not None:
-                self._store(cached, own, claim)  # before the release: see InFlight
+            parts = [_Part(cached.hit_rows, cached.hit_columns, {})]
+            if claim is not None:
+                if own is not None:
+                    parts.append(_Part(claim.compute, own.outputs, own.failed_rows))
+                    self._store(cached, own, claim)  # before the release: see InFlight
+                parts += _waited(claim, timeout_s)
         finally:
             if claim is not None:  # whatever happened, no later job waits on it for good
                 _settle_if_pending(claim.future, TimeoutError("its computation ended"))
                 self.in_flight.release((cached.model, cached.version), claim)
-        outputs = assemble([rows[row] for row in range(len(cached.digests))])
+        outputs, failed = _combine(parts, len(cached.digests))
         if own is None:
             return BatchOutcome(outputs=outputs, failed_rows=failed, batch_id="",
                                 batch_rows=0, wait_ms=0.0, run_ms=0.0)
@@ -116,37 +185,70 @@ class JobCache:
                             batch_rows=own.batch_rows, wait_ms=own.wait_ms, run_ms=own.run_ms,
                             started_at=own.started_at)
 
-    def _gather(self, cached: CachedJob, own: BatchOutcome | None, timeout_s: float
-                ) -> tuple[dict[int, Row], dict[int, str]]:
-        rows: dict[int, Row] = dict(cached.hits)
-        failed: dict[int, str] = {}
-        claim = cached.claim
-        if claim is None:
-            return rows, failed
-        for place, row in enumerate(claim.compute):
-            _take(own, place, row, rows, failed)
-        for row, (future, place) in claim.waits.items():
-            try:
-                outcome = future.result(timeout=timeout_s)
-            except TimeoutError:
-                raise
-            except Exception as exc:  # the job computing it failed: so does this row
-                failed[row], rows[row] = f"{type(exc).__name__}: {exc}", {}
-                continue
-            _take(outcome, place, row, rows, failed)
-        template = next((r for r in rows.values() if r), None)
-        for row in failed:  # failed rows hold zeros or None, as the batcher leaves them
-            rows[row] = _blank(template)
-        return rows, failed
-
     def _store(self, cached: CachedJob, own: BatchOutcome, claim: Claim) -> None:
         """Put the rows this job computed and that succeeded (failures never)."""
-        entries = [(cached.digests[row], encode_row(own.outputs, place))
-                   for place, row in enumerate(claim.compute) if place not in own.failed_rows]
+        places = [place for place in range(len(claim.compute)) if place not in own.failed_rows]
+        kept = {name: own.outputs[name] for name in cached.kept if name in own.outputs}
+        entries = list(zip([cached.digests[claim.compute[p]] for p in places],
+                           encode_rows(kept, places), strict=True))
         try:
             self.cache.put(cached.model, cached.version, entries)
         except redis.RedisError as exc:
             logger.warning("the result cache could not be written (%s)", exc)
+
+
+def _waited(claim: Claim, timeout_s: float) -> list[_Part]:
+    """The rows the job waited for, grouped by the computation that gave them.
+
+    Raises:
+        TimeoutError: if one does not end within `timeout_s`.
+    """
+    by_future: dict[int, tuple[Future[Any], list[int], list[int]]] = {}
+    for row, (future, place) in claim.waits.items():
+        _, rows, places = by_future.setdefault(id(future), (future, [], []))
+        rows.append(row)
+        places.append(place)
+    parts = []
+    for future, rows, places in by_future.values():
+        try:
+            outcome: BatchOutcome = future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise
+        except Exception as exc:  # the job computing them failed: so do these rows
+            parts.append(_Part(rows, {}, dict.fromkeys(range(len(rows)),
+                                                       f"{type(exc).__name__}: {exc}")))
+            continue
+        columns = {name: column[places] if isinstance(column, np.ndarray)
+                   else [column[p] for p in places] for name, column in outcome.outputs.items()}
+        failed = {i: outcome.failed_rows[p] for i, p in enumerate(places)
+                  if p in outcome.failed_rows}
+        parts.append(_Part(rows, columns, failed))
+    return parts
+
+
+def _combine(parts: list[_Part], n: int) -> tuple[dict[str, Any], dict[int, str]]:
+    """Columns over all `n` rows from the parts. A failed row holds zeros or None: the
+    batcher leaves those in a computed part, and a failed wait writes nothing."""
+    template = next((part.columns for part in parts if part.columns and part.rows), None)
+    failed = {part.rows[place]: message for part in parts
+              for place, message in part.failed.items()}
+    if template is None:
+        return {}, failed
+    return {name: _column(name, sample, parts, n) for name, sample in template.items()}, failed
+
+
+def _column(name: str, sample: Any, parts: list[_Part], n: int) -> Any:
+    mine = [part for part in parts if part.rows and name in part.columns]
+    if isinstance(sample, np.ndarray):
+        column = np.zeros((n, *sample.shape[1:]), dtype=sample.dtype)
+        for part in mine:
+            column[part.rows] = part.columns[name]
+        return column
+    values: list[Any] = [None] * n
+    for part in mine:
+        for place, row in enumerate(part.rows):
+            values[row] = part.columns[name][place]
+    return values
 
 
 def _settle(target: Future[Any], done: Future[BatchOutcome]) -> None:
@@ -162,21 +264,3 @@ def _settle(target: Future[Any], done: Future[BatchOutcome]) -> None:
 def _settle_if_pending(target: Future[Any], exc: BaseException) -> None:
     with contextlib.suppress(InvalidStateError):  # settled already, as it should be
         target.set_exception(exc)
-
-
-def _take(outcome: BatchOutcome | None, place: int, row: int, rows: dict[int, Row],
-          failed: dict[int, str]) -> None:
-    """Row `place` of a computation's outcome, as this job's `row`."""
-    if outcome is None:
-        return
-    if place in outcome.failed_rows:
-        failed[row], rows[row] = outcome.failed_rows[place], {}
-        return
-    rows[row] = {name: column[place] for name, column in outcome.outputs.items()}
-
-
-def _blank(template: Row | None) -> Row:
-    if template is None:
-        return {}
-    return {name: np.zeros_like(value) if isinstance(value, np.ndarray) else None
-            for name, value in template.items()}

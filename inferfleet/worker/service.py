@@ -36,7 +36,8 @@ from inferfleet.take import TAKEN_PRIORITY
 from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
-from inferfleet.worker.cached import CachedJob, JobCache
+from inferfleet.worker.cached import CachedJob, JobCache, cache_version
+from inferfleet.worker.cached import Outputs as CacheOutputs
 from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
@@ -148,6 +149,7 @@ class InferenceService:
         self.taken = TakenJobs()
         #: Makes each job's spans (`INFERFLEET_OTEL`); None when tracing is off.
         self.tracer = JobTracer() if settings.otel else None
+        #: The result cache, for the jobs that use it.
         self.cache = JobCache(ResultCache(client, ttl_s=settings.cache_ttl_s,
                                           max_bytes=settings.cache_max_bytes))
         self.pool = ModelPool(Registry(settings.models_dir),
@@ -232,7 +234,7 @@ class InferenceService:
         drop the cached results of its other versions."""
         signature = model.signature.model_copy(update={"providers": model.providers})
         self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
-        self.cache.cache.forget_other_versions(model.signature.name, model.signature.version)
+        self.cache.model_loaded(model)
 
     def handle(self, delivery: Delivery) -> WireResult | None:
         """Run one job to its terminal result and store it (once); None for a message
@@ -400,7 +402,8 @@ class InferenceService:
         if not len(job.valid_index):
             return _Prepared(request, model, job, None, trace)
         if request.cache if request.cache is not None else model.config.cache:
-            cached = self.cache.begin(request.model, model.signature.version, job, submit)
+            cached = self.cache.begin(request.model, cache_version(model), job, submit,
+                                      self._cache_outputs(model))
             return _Prepared(request, model, job, cached.future, trace, cached)
         return _Prepared(request, model, job, submit(job.inputs), trace)
 
@@ -459,6 +462,13 @@ class InferenceService:
                                         misses=len(prepared.job.valid_index) -
                                         len(result.cache_hits))
         return result
+
+    @staticmethod
+    def _cache_outputs(model: OnnxModel) -> CacheOutputs:
+        """What the cache keeps of a model's outputs, and how the rest is made again."""
+        return CacheOutputs(tuple(spec.name for spec in model.signature.outputs),
+                            lambda columns: postprocess(columns, model.postprocess,
+                                                        model.signature.labels))
 
     def _outcome_of(self, prepared: _Prepared) -> BatchOutcome:
         """The batch outcome of the job's valid samples (through the cache, if it uses it).

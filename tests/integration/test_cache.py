@@ -18,11 +18,14 @@ from faultkit import holdout_rows
 
 from inferfleet import Client, keys
 from inferfleet.batching import MicroBatcher
-from inferfleet.cache import ResultCache, decode_row, encode_row, sample_digests
+from inferfleet.cache import ResultCache, decode_entries, encode_rows, sample_digests
 from inferfleet.embedded import free_port
 from inferfleet.settings import Settings
 from inferfleet.validation import ValidatedJob
-from inferfleet.worker.cached import JobCache
+from inferfleet.worker.cached import JobCache, Outputs
+
+#: The toy models below give one output, kept whole.
+KEEP_Y = Outputs(("y",), lambda columns: columns)
 
 
 def batch_rows_computed(port: int) -> float:
@@ -33,11 +36,17 @@ def batch_rows_computed(port: int) -> float:
     return float(value)
 
 
+def digits_worker_with_metrics(start: StartWorker) -> int:
+    """Start a digits worker serving metrics; their port."""
+    port = free_port()
+    start(models="digits", metrics_port=str(port))
+    return port
+
+
 def test_repeated_samples_are_answered_from_the_cache_with_the_outputs_computed_first(
         private_settings: Settings, start_private_worker: StartWorker,
         models_dir: Path) -> None:
-    port = free_port()
-    start_private_worker(models="digits", metrics_port=str(port))
+    port = digits_worker_with_metrics(start_private_worker)
     x = holdout_rows(models_dir, 15)
     with Client(settings=private_settings) as client:
         first = client.submit("digits", x[:10], session_id="cached", cache=True).result(30)
@@ -69,8 +78,7 @@ def test_repeated_samples_are_answered_from_the_cache_with_the_outputs_computed_
 def test_identical_samples_in_flight_are_computed_once(
         private_settings: Settings, start_private_worker: StartWorker,
         models_dir: Path) -> None:
-    port = free_port()
-    start_private_worker(models="digits", metrics_port=str(port))
+    port = digits_worker_with_metrics(start_private_worker)
     row = holdout_rows(models_dir, 1)
     with Client(settings=private_settings) as client:
         client.submit("digits", row, cache=False).result(30)  # warm, not cached
@@ -98,7 +106,8 @@ def test_the_cache_stops_growing_at_its_bound_and_never_evicts(
     client = cache.client
     client.lpush(keys.model_queue("m"), b"a queued job")
     outputs = {"probabilities": np.random.default_rng(0).random((1000, 10), np.float32)}
-    entries = [(bytes([i % 256, i // 256]) * 10, encode_row(outputs, i)) for i in range(1000)]
+    entries = [(bytes([i % 256, i // 256]) * 10, entry)
+               for i, entry in enumerate(encode_rows(outputs, range(1000)))]
     written = sum(cache.put("m", "1", entries[i:i + 100]) for i in range(0, 1000, 100))
     assert 0 < written < 1000
     bucket = int(client.get(keys.cache_bytes(cache._bucket())) or 0)
@@ -107,8 +116,8 @@ def test_the_cache_stops_growing_at_its_bound_and_never_evicts(
     assert client.llen(keys.model_queue("m")) == 1  # and nothing else is touched
     got = cache.get("m", "1", [digest for digest, _ in entries])
     assert sum(entry is not None for entry in got) == written
-    np.testing.assert_array_equal(decode_row(got[0])["probabilities"],  # type: ignore[arg-type]
-                                  outputs["probabilities"][0])
+    np.testing.assert_array_equal(decode_entries([got[0] or b""])["probabilities"],
+                                  outputs["probabilities"][:1])
     assert client.ttl(keys.cache_bucket("m", "1", cache._bucket())) <= 120
     client.close()
 
@@ -117,9 +126,9 @@ def test_a_new_version_never_answers_from_an_old_versions_entries(
         private_settings: Settings) -> None:
     cache = _cache(private_settings)
     outputs = {"y": np.ones((1, 3), np.float32), "label": ["one"]}
-    cache.put("m", "1", [(b"d" * 20, encode_row(outputs, 0))])
+    cache.put("m", "1", [(b"d" * 20, encode_rows(outputs, [0])[0])])
     assert cache.get("m", "2", [b"d" * 20]) == [None]
-    assert decode_row(cache.get("m", "1", [b"d" * 20])[0] or b"")["label"] == "one"
+    assert decode_entries([cache.get("m", "1", [b"d" * 20])[0] or b""])["label"] == ["one"]
     cache.forget_other_versions("m", "2")  # what a worker does when it loads version 2
     assert cache.get("m", "1", [b"d" * 20]) == [None]
     assert not cache.client.keys("inferfleet:cache:m:1:*")
@@ -143,7 +152,7 @@ def test_failures_are_never_cached_and_waiters_fail_with_the_computation(
     job = ValidatedJob(n_samples=4, valid_index=np.arange(4), inputs={"x": x})
 
     def run() -> tuple[dict[int, str], list[int]]:
-        cached = job_cache.begin("m", "1", job, lambda inputs: batcher.submit("m", inputs))
+        cached = job_cache.begin("m", "1", job, lambda inputs: batcher.submit("m", inputs), KEEP_Y)
         outcome = job_cache.finish(cached, timeout_s=5)
         return outcome.failed_rows, cached.hit_samples
 
@@ -185,7 +194,7 @@ def test_many_threads_using_one_sample_compute_it_once(private_settings: Setting
     outcomes: list[float] = []
 
     def one() -> None:
-        cached = job_cache.begin("m", "9", job, lambda inputs: batcher.submit("m", inputs))
+        cached = job_cache.begin("m", "9", job, lambda inputs: batcher.submit("m", inputs), KEEP_Y)
         outcomes.append(float(job_cache.finish(cached, timeout_s=10).outputs["y"][0, 0]))
 
     threads = [threading.Thread(target=one) for _ in range(8)]
