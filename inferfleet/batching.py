@@ -120,6 +120,8 @@ class MicroBatcher:
 
     #: How long a lane's runner thread waits for more work before it ends.
     LANE_IDLE_S = 30.0
+    #: How often a batch held open for a backlog asks the hint again.
+    HINT_S = 0.002
 
     def __init__(self, run_batch: BatchFunction, *, max_batch_rows: int, max_wait_ms: float,
                  backlog: BacklogHint | None = None, name: str = "batcher",
@@ -263,10 +265,12 @@ class MicroBatcher:
                 self._cond.wait(remaining if remaining > 0 else None)
             if lane.pending[0].patient:
                 deadline = lane.pending[0].enqueued_at + self.max_wait_s
-                backlog = 0 if self._arriving else self._hinted_backlog(key)
-                while ((self._arriving or backlog) and _rows(lane.pending) < self.max_batch_rows
+                while ((self._arriving or self._hinted_backlog(key))
+                       and _rows(lane.pending) < self.max_batch_rows
                        and (remaining := deadline - time.monotonic()) > 0):
-                    self._cond.wait(remaining)
+                    # The hint is asked again every HINT_S: one that drops to nothing
+                    # (the jobs it counted were taken elsewhere) ends the wait.
+                    self._cond.wait(min(remaining, self.HINT_S))
             lane.busy = True
             return self._take(lane)
 

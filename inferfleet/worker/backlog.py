@@ -22,6 +22,10 @@ class QueueBacklog:
     Answered from memory, never with a round trip on the batch's path: a housekeeping duty
     reads the queue lengths of the models asked about since its last read, at most every
     `REFRESH_S`. A model's first batch after a quiet spell therefore sees 0 and runs at once.
+    The messages this worker took since a read are taken off what it read (`taken`):
+    without that, a read made between a lone job's submit and its take counted the job
+    itself, and its batch waited the whole `max_wait_ms` for it (1% of the jobs at one
+    in flight, the light-load p99: 12 ms against a p50 of 2).
     """
 
     REFRESH_S = 0.005
@@ -33,6 +37,7 @@ class QueueBacklog:
         self._taken_not_begun = taken_not_begun
         self.housekeeping = housekeeping
         self._waiting: dict[str, int] = {}
+        self._taken_since_read: dict[str, int] = {}
         self._asked: set[str] = set()
         housekeeping.when_asked(self.refresh, name=self.DUTY, min_interval_s=self.REFRESH_S)
 
@@ -40,8 +45,15 @@ class QueueBacklog:
         model = str(key[0])  # type: ignore[index]
         self._asked.add(model)
         self.housekeeping.ask(self.DUTY)
-        return self._waiting.get(model, 0) + self._taken_not_begun(
+        waiting = self._waiting.get(model, 0) - self._taken_since_read.get(model, 0)
+        return max(0, waiting) + self._taken_not_begun(
             (keys.model_queue(model), keys.DEFAULT_QUEUE))
+
+    def taken(self, queue: str) -> None:
+        """This worker took a message from `queue` (in the consumer's thread)."""
+        model = queue.removeprefix(keys.model_queue(""))
+        if model != queue:
+            self._taken_since_read[model] = self._taken_since_read.get(model, 0) + 1
 
     def refresh(self) -> None:
         """Read the queue lengths of the models asked about (0 for all if Redis fails:
@@ -53,6 +65,8 @@ class QueueBacklog:
                 for key in keys.queue_lists(keys.model_queue(model)):
                     pipe.llen(key)
             pipe.llen(keys.DEFAULT_QUEUE)
+            for model in active:  # from here on, a take is one the read may miss
+                self._taken_since_read[model] = 0
             *lengths, shared = pipe.execute()
             levels = len(keys.PRIORITIES)
             self._waiting = {model: sum(map(int, lengths[i * levels:(i + 1) * levels]))

@@ -155,10 +155,10 @@ class InferenceService:
         self.pool = ModelPool(Registry(settings.models_dir),
                               intra_op_threads=settings.ort_threads_per_process(),
                               providers=settings.provider_list(), on_load=self._publish)
+        self.backlog = QueueBacklog(client, self.housekeeping,
+                                    taken_not_begun=self.taken.not_begun)
         self.batcher = MicroBatcher(self._run_batch, max_batch_rows=settings.max_batch_rows,
-                                    max_wait_ms=settings.max_wait_ms,
-                                    backlog=QueueBacklog(client, self.housekeeping,
-                                                         taken_not_begun=self.taken.not_begun),
+                                    max_wait_ms=settings.max_wait_ms, backlog=self.backlog,
                                     name=f"b{os.getpid()}",
                                     on_batch=self._traced_batch if self.tracer else None)
         self.limits = Limits(max_job_samples=settings.max_job_samples,
@@ -213,6 +213,7 @@ class InferenceService:
         a single-sample job's one row a worker took 128 jobs of 256 samples in a burst,
         all of them ahead of a `high` job that came a moment later."""
         self.taken.taken(queue)
+        self.backlog.taken(queue)
         self._rows_per_job += 0.2 * (max(1, rows) - self._rows_per_job)
 
     def warm_up(self, names: list[str]) -> list[str]:

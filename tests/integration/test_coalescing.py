@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import redis
 from conftest import worker_starter
 
-from inferfleet import Client
+from inferfleet import Client, keys
 from inferfleet.fleet import stop_processes
 from inferfleet.settings import Settings
+from inferfleet.worker.backlog import QueueBacklog
+from inferfleet.worker.housekeeping import Housekeeping
 
 
 def test_200_concurrent_jobs_are_coalesced_into_far_fewer_onnx_calls(
@@ -32,3 +35,22 @@ def test_200_concurrent_jobs_are_coalesced_into_far_fewer_onnx_calls(
             f"200 jobs took {len(batches)} ONNX calls ({jobs_per_call:.1f} jobs per call)")
     finally:
         stop_processes(started)
+
+
+def test_the_backlog_hint_does_not_count_a_job_this_worker_took_after_reading_it(
+        private_settings: Settings) -> None:
+    """A read of the queue made between a lone job's submit and its take counted the job
+    itself: its batch then waited the whole max_wait_ms for nobody."""
+    client = redis.Redis.from_url(private_settings.redis_url)
+    backlog = QueueBacklog(client, Housekeeping(), taken_not_begun=lambda _queues: 0)
+    queue = keys.model_queue("digits")
+    client.lpush(queue, b"a job")
+    backlog(("digits",))  # asks for a read
+    backlog.refresh()
+    assert backlog(("digits",)) == 1
+    backlog.taken(queue)  # this worker takes it; the next read has not happened yet
+    assert backlog(("digits",)) == 0
+    client.lpush(keys.priority_list(queue, "high"), b"another")
+    backlog.refresh()  # a read counts every level
+    assert backlog(("digits",)) == 2  # the read still sees the first: nothing took it
+    client.close()
