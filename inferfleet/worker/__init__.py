@@ -25,6 +25,7 @@ from inferfleet.connections import redis_client
 from inferfleet.health import announce
 from inferfleet.settings import Settings, mask_url
 from inferfleet.worker.consumer import CONSUMER_PATH
+from inferfleet.worker.delivery import Delivery
 from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.intake import (
     STRATEGY_PATH,
@@ -33,7 +34,7 @@ from inferfleet.worker.intake import (
     run_job,
 )
 from inferfleet.worker.metrics import WorkerMetrics
-from inferfleet.worker.service import Delivery, InferenceService
+from inferfleet.worker.service import InferenceService
 
 logger = logging.getLogger(__name__)
 

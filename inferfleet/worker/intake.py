@@ -37,8 +37,9 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok  # type: ignore[attr-defined]
 
 from inferfleet import keys
+from inferfleet.worker.delivery import Delivery
 from inferfleet.worker.jobs import count_samples
-from inferfleet.worker.service import Delivery, InferenceService
+from inferfleet.worker.service import InferenceService
 
 logger = logging.getLogger(__name__)
 

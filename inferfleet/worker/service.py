@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
@@ -24,7 +23,7 @@ from inferfleet.batching import Arrival, BatchOutcome, BatchRecord, MicroBatcher
 from inferfleet.cache import ResultCache
 from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
 from inferfleet.ledger import Ledger, dead_letter
-from inferfleet.liveness import TAKEN_AT, Heartbeats
+from inferfleet.liveness import Heartbeats
 from inferfleet.logs import job_context
 from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
@@ -32,12 +31,12 @@ from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
 from inferfleet.settings import Settings
-from inferfleet.take import TAKEN_PRIORITY
 from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
 from inferfleet.validation import Limits, ValidatedJob
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
 from inferfleet.worker.cached import CachedJob, JobCache, cache_version
 from inferfleet.worker.cached import Outputs as CacheOutputs
+from inferfleet.worker.delivery import Delivery, InFlightJobs
 from inferfleet.worker.discovery import ModelDiscovery
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
@@ -56,66 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: The first and the longest wait between writes that a full Redis refused.
 FULL_BACKOFF_S = (0.05, 1.0)
-
-
-class InFlightJobs:
-    """The job ids this process is running. When Redis drops a connection, kombu puts
-    the messages it held back in the queue at once, while their jobs still run here: the
-    second delivery of a job waits for the first instead of computing it again."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[str, threading.Event] = {}
-
-    def begin(self, job_id: str) -> threading.Event | None:
-        """Claim `job_id`; None if claimed, else the event set when its runner ends."""
-        with self._lock:
-            running = self._running.get(job_id)
-            if running is None:
-                self._running[job_id] = threading.Event()
-            return running
-
-    def end(self, job_id: str) -> None:
-        with self._lock:
-            self._running.pop(job_id).set()
-
-    def claimed(self, job_id: str) -> bool:
-        return job_id in self._running
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One delivery of a job's message to this process, as the task got it."""
-
-    job_id: str
-    kwargs: dict[str, Any]
-    positional_args: int = 0
-    #: Delivered before (kombu's flag: its worker died, or its connection dropped).
-    redelivered: bool = False
-    #: When the message was first taken (its deadline is checked against this), if known.
-    taken_at: float | None = None
-    #: The transport's delivery tag (None when not run through a worker's transport).
-    tag: str | None = None
-    #: The message's headers, as sent (the trace context rides in them).
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    #: The priority whose list the message was taken from (`normal` when not known).
-    priority: str = "normal"
-
-    @classmethod
-    def of(cls, job_id: str, args: Sequence[Any], kwargs: object, *,
-           properties: Mapping[str, Any], delivery_info: Mapping[str, Any] | None,
-           headers: Mapping[str, Any] | None = None) -> Delivery:
-        """The delivery a message's fields describe (the take's properties carry its
-        delivery tag and first-taken time; kombu's delivery info, the redelivered flag)."""
-        taken_at = properties.get(TAKEN_AT)
-        tag = properties.get("delivery_tag")
-        return cls(job_id=job_id, kwargs=kwargs if isinstance(kwargs, dict) else {},
-                   positional_args=len(args),
-                   redelivered=bool((delivery_info or {}).get("redelivered")),
-                   taken_at=float(taken_at) if isinstance(taken_at, int | float) else None,
-                   tag=tag if isinstance(tag, str) else None,
-                   headers=headers if isinstance(headers, Mapping) else {},
-                   priority=str(properties.get(TAKEN_PRIORITY) or "normal"))
 
 
 @dataclass
