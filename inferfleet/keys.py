@@ -70,6 +70,13 @@ def priority_list(queue: str, priority: str) -> str:
     return queue if priority == "normal" else f"{queue}:{priority}"
 
 
+def queue_of_list(list_key: str) -> str:
+    """The queue whose priority list `list_key` is (the list itself for `normal`)."""
+    queue, colon, level = list_key.rpartition(":")
+    return queue if colon and level in PRIORITIES and queue.startswith(f"{PREFIX}") \
+        else list_key
+
+
 def queue_lists(queue: str) -> list[str]:
     """Every priority's list of `queue`, first taken first."""
     return [priority_list(queue, priority) for priority in PRIORITIES]

@@ -76,7 +76,8 @@ end
 return ids
 """
 
-# KEYS: unacked hash, unacked index, queue, its bell, the job's record.  ARGV: tag,
+# KEYS: unacked hash, unacked index, the queue's list (of the message's priority), the
+# queue's bell, the job's record.  ARGV: tag,
 # message, first take time ('' if unknown).  Moves the message to the head of its queue
 # in place of the record, if the record is still there, and notes on the job's record
 # (if it has one) when it was first taken, for the reaper.
@@ -202,7 +203,8 @@ def give_back(client: redis.Redis, tag: str, *, redelivered: bool = True) -> boo
         return False
     first_taken = message["properties"].get(TAKEN_AT)
     return bool(client.eval(
-        _GIVE_BACK, 5, keys.UNACKED, keys.UNACKED_INDEX, queue, keys.queue_bell(queue),
+        _GIVE_BACK, 5, keys.UNACKED, keys.UNACKED_INDEX, queue,
+        keys.queue_bell(keys.queue_of_list(queue)),
         keys.job(job_id) if isinstance(job_id, str) else keys.job(""), tag, body,
         first_taken if isinstance(first_taken, int | float) else ""))
 

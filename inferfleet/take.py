@@ -18,16 +18,18 @@ from inferfleet import keys
 # KEYS: unacked hash, unacked index, holders, this holder's lapsed mark, the n lists to
 # try in order, then the queues' bells. ARGV: now, n, the most messages to take, then per
 # list '1' if its consumer acks (else nothing is recorded: kombu never acks it), per list
-# the KEYS index of its queue's bell, per list its queue's name, a prefix unique to this
-# take, and the holder id ('' for none; see `liveness`).
+# the KEYS index of its queue's bell, per list its queue's name, per list its route back
+# (the list of its priority), a prefix unique to this take, and the holder id ('' for
+# none; see `liveness`).
 #
 # A holder the fleet marked lapsed takes nothing: it returns 'lapsed', and the channel
 # takes again under a new id. Otherwise the take registers its holder (Redis's clock),
 # pops up to that many of the oldest messages of the first non-empty list and records
 # each one unacked under a fresh delivery tag (the prefix and its place in the take), in
 # kombu's own record form: [message, exchange, routing key], with the anonymous exchange
-# and the queue it came from as the route back (a message given back goes to the head of
-# its queue's normal list, whatever its priority). Rings the bell again if any list of
+# and the list of its priority as the route back (a message given back goes to the head
+# of that list; kombu's own priority lists route back by the queue, as kombu does). Rings
+# the bell again if any list of
 # that queue still holds messages, and returns {queue, list, tag, message, tag, message...}
 # ('' for the tag of a message not recorded). With every list empty it silences the bells
 # (rings before now are stale; a later push rings anew) and returns false.
@@ -37,7 +39,7 @@ from inferfleet import keys
 # runs. The worker gives the message the take's tag when it decodes it anyway.
 TAKE_SCRIPT = """
 local n, most = tonumber(ARGV[2]), tonumber(ARGV[3])
-local holder = ARGV[5 + 3 * n]
+local holder = ARGV[5 + 4 * n]
 if holder ~= '' then
   if redis.call('EXISTS', KEYS[4]) == 1 then return 'lapsed' end
   local t = redis.call('TIME')
@@ -49,8 +51,8 @@ for i = 1, n do
   if item then
     local taken = {ARGV[3 + 2 * n + i], list}
     local acked = ARGV[3 + i] == '1'
-    local route = ', "", ' .. cjson.encode(ARGV[3 + 2 * n + i]) .. ']'
-    local prefix = ARGV[4 + 3 * n]
+    local route = ', "", ' .. cjson.encode(ARGV[3 + 3 * n + i]) .. ']'
+    local prefix = ARGV[4 + 4 * n]
     local count = 0
     while item do
       count = count + 1
@@ -118,6 +120,13 @@ class TakeSource:
     queue: str
     acked: bool
 
+    @property
+    def route(self) -> str:
+        """Where a message given back goes: this list for inferfleet's own priority lists
+        (`liveness.give_back` and kombu's restore push to the route), else the queue
+        (kombu's restore adds its own priority suffix)."""
+        return self.list_key if priority_of_list(self.list_key) != "normal" else self.queue
+
 
 def take_command(sources: list[TakeSource], *, most: int, holder: str | None,
                  unacked: str, unacked_index: str) -> list[Any]:
@@ -132,4 +141,4 @@ def take_command(sources: list[TakeSource], *, most: int, holder: str | None,
             keys.HOLDERS, keys.holder_lapsed(holder), *(s.list_key for s in sources), *bells,
             time.time(), len(sources), most, *("1" if s.acked else "0" for s in sources),
             *(first_bell + queues.index(s.queue) for s in sources),
-            *(s.queue for s in sources), prefix, holder]
+            *(s.queue for s in sources), *(s.route for s in sources), prefix, holder]

@@ -28,6 +28,7 @@ from inferfleet.liveness import (
     new_holder_id,
 )
 from inferfleet.settings import Settings
+from inferfleet.take import TakeSource, priority_of_list, take_command, take_order
 
 #: The kill drill's target: every job terminal this long after `kill -9` (issue 13).
 TERMINAL_WITHIN_S = 30.0
@@ -176,3 +177,33 @@ def test_a_lapsed_holder_is_claimed_once_and_its_records_given_back_once_each(
     assert message["properties"][TAKEN_AT] == 1234.5  # its first take, for its deadline
     assert client.hlen(keys.UNACKED) == 0 and client.zcard(keys.UNACKED_INDEX) == 0
     assert client.llen(keys.queue_bell("inferfleet.q")) == 1  # an idle worker wakes
+
+
+def test_a_message_given_back_returns_to_the_list_of_its_priority(
+        redis_server: EmbeddedRedis) -> None:
+    """A take records each message's route back as the list it was popped from, so that a
+    `high` job whose worker died is given back at the head of `:high`, not of `normal`."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    queue = keys.model_queue("q")
+    envelopes = {level: orjson.dumps({"body": "[]", "headers": {"id": f"job-{level}"},
+                                      "properties": {}})
+                 for level in keys.PRIORITIES}
+    for level, envelope in envelopes.items():
+        client.lpush(keys.priority_list(queue, level), envelope)
+    tags = []
+    for number in range(3):
+        sources = [TakeSource(list_key, queue, acked=True)
+                   for level in take_order(number * 10)  # each take begins with high
+                   for list_key in [keys.priority_list(queue, level)]]
+        _, popped, tag, _message = client.execute_command(*take_command(
+            sources, most=1, holder=None, unacked=keys.UNACKED,
+            unacked_index=keys.UNACKED_INDEX))
+        tags.append((redis_text(popped), redis_text(tag)))
+    assert [popped for popped, _ in tags] == keys.queue_lists(queue)  # high, normal, low
+    for popped, tag in tags:
+        assert give_back(client, tag)
+        [returned] = client.lrange(popped, 0, -1)
+        assert orjson.loads(returned)["headers"]["id"] == f"job-{priority_of_list(popped)}"
+    assert client.llen(keys.queue_bell(queue)) == 1  # the queue's bell, for every level
+    client.close()
