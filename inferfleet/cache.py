@@ -213,7 +213,7 @@ class ResultCache:
             redis.RedisError: if Redis cannot be reached.
         """
         index = keys.cache_index(model)
-        mine = keys.cache_bucket(model, version, 0).rsplit(":", 1)[0] + ":"
+        mine = keys.cache_buckets_of(model, version)
         members: Any = self.client.smembers(index)
         stale = [key for key in (k.decode() if isinstance(k, bytes) else str(k)
                                  for k in members) if not key.startswith(mine)]

@@ -70,11 +70,13 @@ def priority_list(queue: str, priority: str) -> str:
     return queue if priority == "normal" else f"{queue}:{priority}"
 
 
-def queue_of_list(list_key: str) -> str:
-    """The queue whose priority list `list_key` is (the list itself for `normal`)."""
+def list_priority(list_key: str) -> tuple[str, str]:
+    """The queue and priority of a list `priority_list` names; (the key itself, `normal`)
+    for any other list (a queue itself, or one of kombu's priority lists of it)."""
     queue, colon, level = list_key.rpartition(":")
-    return queue if colon and level in PRIORITIES and queue.startswith(f"{PREFIX}") \
-        else list_key
+    if colon and level in PRIORITIES and level != "normal" and queue.startswith(PREFIX):
+        return queue, level
+    return list_key, "normal"
 
 
 def queue_lists(queue: str) -> list[str]:
@@ -125,10 +127,15 @@ def doorbell(job_id: str) -> str:
     return f"{PREFIX}:done:{job_id}"
 
 
+def cache_buckets_of(model: str, version: str) -> str:
+    """What the keys of one model version's result cache buckets start with."""
+    return f"{PREFIX}:cache:{model}:{version}:"
+
+
 def cache_bucket(model: str, version: str, bucket: int) -> str:
     """The result cache's entries for one model version written in one time bucket (a
     hash of sample digest -> outputs; see `inferfleet.cache`)."""
-    return f"{PREFIX}:cache:{model}:{version}:{bucket}"
+    return f"{cache_buckets_of(model, version)}{bucket}"
 
 
 def cache_bytes(bucket: int) -> str:

@@ -204,7 +204,7 @@ def give_back(client: redis.Redis, tag: str, *, redelivered: bool = True) -> boo
     first_taken = message["properties"].get(TAKEN_AT)
     return bool(client.eval(
         _GIVE_BACK, 5, keys.UNACKED, keys.UNACKED_INDEX, queue,
-        keys.queue_bell(keys.queue_of_list(queue)),
+        keys.queue_bell(keys.list_priority(queue)[0]),
         keys.job(job_id) if isinstance(job_id, str) else keys.job(""), tag, body,
         first_taken if isinstance(first_taken, int | float) else ""))
 

@@ -98,13 +98,6 @@ TAKE_CYCLE = ("high", "high", "high", "high", "normal", "high", "high", "high", 
 TAKEN_PRIORITY = "inferfleet_priority"
 
 
-def priority_of_list(list_key: str) -> str:
-    """The priority whose list `list_key` is (`keys.priority_list`; kombu's priority
-    lists are `normal`'s)."""
-    level = list_key.rpartition(":")[2]
-    return level if level in keys.PRIORITIES else "normal"
-
-
 def take_order(take_number: int) -> tuple[str, ...]:
     """The priorities take number `take_number` tries, in order (see `TAKE_CYCLE`)."""
     first = TAKE_CYCLE[take_number % len(TAKE_CYCLE)]
@@ -125,7 +118,7 @@ class TakeSource:
         """Where a message given back goes: this list for inferfleet's own priority lists
         (`liveness.give_back` and kombu's restore push to the route), else the queue
         (kombu's restore adds its own priority suffix)."""
-        return self.list_key if priority_of_list(self.list_key) != "normal" else self.queue
+        return self.list_key if keys.list_priority(self.list_key)[1] != "normal" else self.queue
 
 
 def take_command(sources: list[TakeSource], *, most: int, holder: str | None,

@@ -44,6 +44,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from inferfleet.errors import ConfigurationError
+from inferfleet.ledger import sample_counts
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext
@@ -208,7 +209,8 @@ class _RecordingJobTrace(JobTrace):
     def end(self, result: WireResult) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        failed = sum(status != "success" for status in result.sample_status)
+        counts = sample_counts(result)  # from the errors, no walk over every sample
+        failed = counts["failure"] + counts["expired"]
         self._span.set_attributes({"inferfleet.status": result.status.value,
                                    "inferfleet.samples": len(result.sample_ids),
                                    "inferfleet.failed_samples": failed,

@@ -53,7 +53,6 @@ from inferfleet.liveness import TAKEN_AT, Heartbeats, give_back, new_holder_id
 from inferfleet.take import (
     TAKEN_PRIORITY,
     TakeSource,
-    priority_of_list,
     take_command,
     take_order,
 )
@@ -316,7 +315,7 @@ class Channel(kombu_redis.Channel):
             dest, popped, *taken = reply
             taken_at = time.time()
             dest = bytes_to_str(dest)  # the queue, whichever of its lists the take popped
-            priority = priority_of_list(bytes_to_str(popped))
+            priority = keys.list_priority(bytes_to_str(popped))[1]
             self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]  # kombu internal
             for raw_tag, item in zip(taken[::2], taken[1::2], strict=True):
                 tag = bytes_to_str(raw_tag) or None

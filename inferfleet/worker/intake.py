@@ -37,6 +37,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok  # type: ignore[attr-defined]
 
 from inferfleet import keys
+from inferfleet.ledger import sample_counts
 from inferfleet.worker.delivery import Delivery
 from inferfleet.worker.jobs import count_samples
 from inferfleet.worker.service import InferenceService
@@ -104,7 +105,8 @@ def run_job(service: InferenceService, delivery: Delivery) -> Summary:
         raise ResultNotStoredError(f"Redis failed: {exc}") from exc
     if result is None:
         return {"status": "not_held"}
-    failed = sum(status != "success" for status in result.sample_status)
+    counts = sample_counts(result)  # from the errors, no walk over every sample
+    failed = counts["failure"] + counts["expired"]
     return {"status": result.status.value, "samples": len(result.sample_ids),
             "failed": failed}
 

@@ -380,21 +380,22 @@ class InferenceService:
                 logger.exception("job %s: batch failed", job_id)
                 return self._failed(job_id, prepared.request.model_dump(),
                                      ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
-        batched = outcome is not None and bool(outcome.batch_id)  # not all from the cache
-        if batched:
-            prepared.trace.batched(outcome)  # type: ignore[arg-type]  # batched: not None
+        # The batch that computed some of its samples (none: all came from the cache).
+        batch = outcome if outcome is not None and outcome.batch_id else None
+        if batch is not None:
+            prepared.trace.batched(batch)
         finished = time.time()
         submitted = prepared.request.submitted_at
         timings = JobTimings(
             queued_ms=None if submitted is None else max(0.0, (started - submitted) * 1000),
-            batch_wait_ms=outcome.wait_ms if outcome and batched else None,
-            inference_ms=outcome.run_ms if outcome and batched else None,
+            batch_wait_ms=batch.wait_ms if batch else None,
+            inference_ms=batch.run_ms if batch else None,
             total_ms=(finished - started) * 1000)
         result = compose_result(job_id, prepared.request, prepared.model.signature,
                                 prepared.job, outcome, timings=timings,
                                 providers=prepared.model.providers)
         result.latency_ms = None if submitted is None else (finished - submitted) * 1000
-        result.batch_ids = [outcome.batch_id] if outcome and batched else []
+        result.batch_ids = [batch.batch_id] if batch else []
         if prepared.cached is not None:
             result.cache_hits = prepared.cached.hit_samples
             if self.metrics is not None:

@@ -28,7 +28,7 @@ from inferfleet.liveness import (
     new_holder_id,
 )
 from inferfleet.settings import Settings
-from inferfleet.take import TakeSource, priority_of_list, take_command, take_order
+from inferfleet.take import TakeSource, take_command, take_order
 
 #: The kill drill's target: every job terminal this long after `kill -9` (issue 13).
 TERMINAL_WITHIN_S = 30.0
@@ -204,6 +204,6 @@ def test_a_message_given_back_returns_to_the_list_of_its_priority(
     for popped, tag in tags:
         assert give_back(client, tag)
         [returned] = client.lrange(popped, 0, -1)
-        assert orjson.loads(returned)["headers"]["id"] == f"job-{priority_of_list(popped)}"
+        assert orjson.loads(returned)["headers"]["id"] == f"job-{keys.list_priority(popped)[1]}"
     assert client.llen(keys.queue_bell(queue)) == 1  # the queue's bell, for every level
     client.close()

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from inferfleet import keys
-from inferfleet.take import TAKE_CYCLE, priority_of_list, take_order
+from inferfleet.take import TAKE_CYCLE, take_order
 
 
 def test_of_every_ten_takes_eight_begin_with_high_and_one_with_each_lower_level() -> None:
@@ -20,5 +20,8 @@ def test_each_list_of_a_queue_names_its_priority() -> None:
     queue = keys.model_queue("digits.v2")  # a model name may hold dots, never a colon
     assert keys.queue_lists(queue) == ["inferfleet.digits.v2:high", "inferfleet.digits.v2",
                                        "inferfleet.digits.v2:low"]
-    assert [priority_of_list(key) for key in keys.queue_lists(queue)] == list(keys.PRIORITIES)
-    assert priority_of_list("inferfleet.digits\x06\x169") == "normal"  # kombu's own lists
+    assert [keys.list_priority(key) for key in keys.queue_lists(queue)] == \
+        [(queue, level) for level in keys.PRIORITIES]
+    kombus = "inferfleet.digits\x06\x169"  # kombu's own priority lists are normal's
+    assert keys.list_priority(kombus) == (kombus, "normal")
+    assert keys.list_priority("elsewhere:high") == ("elsewhere:high", "normal")
