@@ -78,11 +78,12 @@ def redis_client(settings: Settings) -> redis.Redis:
     primary, for Sentinels)."""
     if settings.uses_sentinel:
         sentinels, auth, db = sentinel_parts(settings.redis_url)
-        primary = Sentinel(  # type: ignore[no-untyped-call]
+        # Typed loosely: redis-py 8 annotates Sentinel, earlier versions do not.
+        options: dict[str, Any] = {"db": db, **auth, **_socket(settings)}
+        primary = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             sentinels, sentinel_kwargs=_socket(settings)).master_for(
-            settings.sentinel_master, redis_class=redis.Redis, db=db, **auth,
-            **_socket(settings))
-        return primary  # type: ignore[no-any-return]
+            settings.sentinel_master, redis_class=redis.Redis, **options)
+        return primary  # type: ignore[no-any-return, unused-ignore]
     return redis.Redis.from_url(plain_url(settings.redis_url), **client_options(settings))
 
 
@@ -90,10 +91,10 @@ def async_redis_client(settings: Settings) -> aioredis.Redis:
     """`redis_client`, for asyncio."""
     if settings.uses_sentinel:
         sentinels, auth, db = sentinel_parts(settings.redis_url)
-        primary = AsyncSentinel(  # type: ignore[no-untyped-call]
+        options: dict[str, Any] = {"db": db, **auth, **_socket(settings)}
+        primary = AsyncSentinel(  # type: ignore[no-untyped-call, unused-ignore]
             sentinels, sentinel_kwargs=_socket(settings)).master_for(
-            settings.sentinel_master, redis_class=aioredis.Redis, db=db,
-            **auth, **_socket(settings))  # type: ignore[arg-type]
+            settings.sentinel_master, redis_class=aioredis.Redis, **options)
         return primary  # type: ignore[no-any-return]
     return aioredis.Redis.from_url(plain_url(settings.redis_url), **client_options(settings))
 

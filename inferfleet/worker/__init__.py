@@ -35,6 +35,7 @@ from inferfleet.worker.intake import (
 )
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.service import InferenceService
+from inferfleet.worker.threads import POOL_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     settings.check_visibility_timeout()
     app = make_app(settings)
     app.conf.worker_consumer = CONSUMER_PATH
+    app.conf.worker_pool = POOL_PATH  # Celery's threads pool, see `worker.threads`
     client = redis_client(settings)
     service = InferenceService(settings, client)
     app.conf.broker_transport_options = {**app.conf.broker_transport_options,
@@ -118,7 +120,9 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
     app.worker_main([
         # --quiet (no banner) is Celery's global option: it comes before the command.
         *(["--quiet"] if settings.log_format == "json" else []),
-        "worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
+        # No --pool: Celery's command line accepts only its own names, and its default
+        # stands for the app's `worker_pool` (`worker.threads`).
+        "worker", f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(queues)}", "--events", "--without-gossip", "--without-mingle",
         f"--hostname={node}", f"--loglevel={loglevel}",
     ])

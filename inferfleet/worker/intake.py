@@ -25,6 +25,7 @@ read the events and results, show it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from celery.worker.control import control_command, ok  # type: ignore[attr-defin
 
 from inferfleet import keys
 from inferfleet.ledger import sample_counts
+from inferfleet.schemas import WireResult
 from inferfleet.worker.delivery import Delivery
 from inferfleet.worker.jobs import count_samples
 from inferfleet.worker.service import InferenceService
@@ -92,17 +94,52 @@ def run_job(service: InferenceService, delivery: Delivery) -> Summary:
         ResultNotStoredError: if the result could not be stored: the message must go
             back to run again, never acked without a result.
     """
+    over = threading.Event()
+    endings: list[Summary | ResultNotStoredError] = []
+
+    def ended(ending: Summary | ResultNotStoredError) -> None:
+        endings.append(ending)
+        over.set()
+
+    start_job(service, delivery, ended)
+    over.wait()
+    if isinstance(endings[0], ResultNotStoredError):
+        raise endings[0]
+    return endings[0]
+
+
+def start_job(service: InferenceService, delivery: Delivery,
+              ended: Callable[[Summary | ResultNotStoredError], None]) -> None:
+    """Run one job to its stored result; `ended` hears, exactly once and in whichever
+    thread ends the job, its summary, or a `ResultNotStoredError` if the result could
+    not be stored (the message must go back to run again, never acked without one)."""
+    told = False
+
+    def finished(result: WireResult | None, error: BaseException | None) -> None:
+        nonlocal told
+        if told:
+            return
+        told = True
+        if error is not None and not isinstance(error, redis.RedisError):
+            logger.error("job %s failed unexpectedly", delivery.job_id, exc_info=error)
+            try:  # every job must end: a bug still gets a result
+                result, error = service.fail(delivery.job_id, delivery.kwargs,
+                                             error), None  # type: ignore[arg-type]
+            except redis.RedisError as exc:
+                error = exc
+        if error is not None:
+            logger.warning("job %s: Redis failed (%s); requeued", delivery.job_id, error)
+            ended(ResultNotStoredError(f"Redis failed: {error}"))
+            return
+        ended(_summary(result))
+
     try:
-        try:
-            result = service.handle(delivery)
-        except redis.RedisError:
-            raise
-        except Exception as exc:  # every job must end: a bug still gets a result
-            logger.exception("job %s failed unexpectedly", delivery.job_id)
-            result = service.fail(delivery.job_id, delivery.kwargs, exc)
-    except redis.RedisError as exc:
-        logger.warning("job %s: Redis failed (%s); requeued", delivery.job_id, exc)
-        raise ResultNotStoredError(f"Redis failed: {exc}") from exc
+        service.begin(delivery, finished)
+    except Exception as exc:  # it ended before `finished` was called
+        finished(None, exc)
+
+
+def _summary(result: WireResult | None) -> Summary:
     if result is None:
         return {"status": "not_held"}
     counts = sample_counts(result)  # from the errors, no walk over every sample
@@ -129,23 +166,15 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
         task.send_events else None
 
     def run(message: TakenMessage, ack: Promise, reject: Promise) -> None:
+        """In a pool thread: begin the job; it ends here, or in the service's finisher
+        once its batch ran."""
         taken.began(message.queue)
         job_id = message.delivery.job_id
-        started = time.monotonic()
+        ended = _ending(job_id, ack, reject, errors, send)
         try:
             if send is not None:
                 send("task-started", uuid=job_id)
-            try:
-                summary = run_job(service, message.delivery)
-            except ResultNotStoredError:
-                reject(logger, errors, True)
-                if send is not None:
-                    send("task-rejected", uuid=job_id, requeue=True)
-                return
-            ack(logger, errors)
-            if send is not None:
-                send("task-succeeded", uuid=job_id, result=repr(summary),
-                     runtime=time.monotonic() - started)
+            start_job(service, message.delivery, ended)
         except BaseException:  # the pool drops what a job raises: say it, at least
             logger.exception("job %s: its run raised", job_id)
             raise
@@ -162,6 +191,27 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
         pool.apply_async(run, args=(taken_message, ack, reject), callback=_ignore)
 
     return on_message
+
+
+def _ending(job_id: str, ack: Promise, reject: Promise,
+            errors: tuple[type[BaseException], ...], send: Callable[..., Any] | None
+            ) -> Callable[[Summary | ResultNotStoredError], None]:
+    """What a job's end does to its message and events: ack and `task-succeeded` once its
+    result is stored, else a requeue and `task-rejected`."""
+    started = time.monotonic()
+
+    def ended(ending: Summary | ResultNotStoredError) -> None:
+        if isinstance(ending, ResultNotStoredError):
+            reject(logger, errors, True)
+            if send is not None:
+                send("task-rejected", uuid=job_id, requeue=True)
+            return
+        ack(logger, errors)
+        if send is not None:
+            send("task-succeeded", uuid=job_id, result=repr(ending),
+                 runtime=time.monotonic() - started)
+
+    return ended
 
 
 def _end_revoked(service: InferenceService, message: TakenMessage, ack: Promise,

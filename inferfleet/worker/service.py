@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ from inferfleet.worker.cached import CachedJob, JobCache, cache_version
 from inferfleet.worker.cached import Outputs as CacheOutputs
 from inferfleet.worker.delivery import Delivery, InFlightJobs
 from inferfleet.worker.discovery import ModelDiscovery
+from inferfleet.worker.finisher import Finisher
 from inferfleet.worker.housekeeping import Housekeeping
 from inferfleet.worker.jobs import (
     checked_request,
@@ -66,6 +70,23 @@ class _Prepared:
     trace: JobTrace
     #: The job's way through the result cache, when it uses it.
     cached: CachedJob | None = None
+
+
+#: What a job's runner hears, once, when the job has ended: its stored result (None for a
+#: message this process no longer holds), or the `redis.RedisError` that kept it from
+#: being stored.
+JobEnded = Callable[[WireResult | None, BaseException | None], None]
+
+
+@dataclass(eq=False)
+class _Handed:
+    """A job handed to the finisher: what ending it takes."""
+
+    job_id: str
+    prepared: _Prepared
+    started: float
+    kwargs: dict[str, Any]
+    ended: JobEnded
 
 
 class InferenceService:
@@ -103,6 +124,10 @@ class InferenceService:
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
+        #: Ends the jobs whose batch had not run when their pool thread handed them on.
+        self.finisher: Finisher[_Handed, BatchOutcome] = Finisher(
+            self._end_handed, time_limit_s=settings.job_time_limit_s,
+            name=f"finisher-{os.getpid()}")
         self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
         #: Serves models added to the folder later; set by a worker serving every model.
         self.discovery: ModelDiscovery | None = None
@@ -115,6 +140,7 @@ class InferenceService:
         """Start the background duties (heartbeats first: a channel takes nothing until
         its holder is registered, which its first take does)."""
         self.housekeeping.start()
+        self.finisher.start()
 
     def consumer_started(self, consumer: Any) -> None:
         """Celery's consumer (re)started task handling: the one to add queues to."""
@@ -124,7 +150,9 @@ class InferenceService:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the background duties, waiting up to `timeout_s` for the one running."""
         self.housekeeping.stop()
+        self.finisher.stop()
         self.housekeeping.join(timeout_s)
+        self.finisher.join(timeout_s)
 
     def job_began(self, job_id: str | None) -> bool:
         """Whether this process began the job (the transport asks as it puts messages back
@@ -176,39 +204,72 @@ class InferenceService:
         self.client.hset(keys.MODELS_HASH, model.signature.name, signature.model_dump_json())
         self.cache.model_loaded(model)
 
-    def handle(self, delivery: Delivery) -> WireResult | None:
-        """Run one job to its terminal result and store it (once); None for a message
-        this process no longer holds (its holder lapsed while it waited here: the fleet
-        gave it to another worker, so it is neither run nor acked here).
+    def begin(self, delivery: Delivery, ended: JobEnded) -> None:
+        """Run one job to its terminal result and store it (once); `ended` hears of it
+        exactly once: in this thread, or, for a job whose batch had not run when this
+        thread handed it to the batcher, in the finisher's thread once it ran (this
+        thread is free meanwhile). The result is None for a message this process no
+        longer holds (its holder lapsed while it waited here: the fleet gave it to
+        another worker, so it is neither run nor acked here); the error, a
+        `redis.RedisError` that kept the result from being stored.
 
         A job delivered more than `max_deliveries` times (its worker died each time) is
         not computed again: it ends `dead_lettered`, and a copy of it under a new job id
         goes to the dead-letter list, to replay once its cause is fixed. A job that came
         back with its result stored, or that this process is running already, is not
         computed again either: the stored result is returned.
+
+        Raises:
+            Exception: what kept the job from ending before `ended` was called (then it
+                is not called): a `redis.RedisError`, or a bug.
         """
         job_id = delivery.job_id
         if delivery.tag is not None and not self.heartbeats.holds(delivery.tag):
             logger.warning("job %s: its message was given to another worker while it "
                            "waited here (this worker stalled); not run here", job_id)
-            return None
+            ended(None, None)
+            return
         while (earlier := self.in_flight.begin(job_id)) is not None:
             earlier.wait()
             if (stored := self.ledger.stored_result(job_id)) is not None:
                 logger.info("job %s delivered again while it ran here; not run twice", job_id)
-                return stored
+                ended(stored, None)
+                return
+        result = None
         try:
             with job_context(job_id, delivery.kwargs):
-                result = self._handle(delivery)
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("job %s ended %s (%d samples, batches %s)", job_id,
-                                 result.status.value, len(result.sample_ids), result.batch_ids,
-                                 extra={"batch_id": ",".join(result.batch_ids) or None})
-                return result
+                result = self._handle(delivery, ended)
         finally:
-            self.in_flight.end(job_id)
+            if result is not None or sys.exc_info()[0] is not None:
+                self.in_flight.end(job_id)  # else the finisher ends it
+        if result is not None:
+            _log_end(result, delivery.kwargs)
+            ended(result, None)
 
-    def _handle(self, delivery: Delivery) -> WireResult:
+    def handle(self, delivery: Delivery) -> WireResult | None:
+        """`begin`, returning once the job has ended: its stored result (None for a
+        message this process no longer holds).
+
+        Raises:
+            Exception: what kept the job from ending (`redis.RedisError`: its result could
+                not be stored).
+        """
+        over = threading.Event()
+        endings: list[tuple[WireResult | None, BaseException | None]] = []
+
+        def ended(result: WireResult | None, error: BaseException | None) -> None:
+            endings.append((result, error))
+            over.set()
+
+        self.begin(delivery, ended)
+        over.wait()
+        result, error = endings[0]
+        if error is not None:
+            raise error
+        return result
+
+    def _handle(self, delivery: Delivery, ended: JobEnded) -> WireResult | None:
+        """The job's stored result, or None once it is handed to the finisher."""
         job_id, kwargs = delivery.job_id, delivery.kwargs
         if delivery.redelivered:
             deliveries, finished = self.ledger.count_redelivery(job_id)
@@ -231,18 +292,99 @@ class InferenceService:
             with self.batcher.arriving() as arrival:
                 prepared = self._prepare(job_id, delivery, delivery.taken_at or started,
                                          arrival, trace)
-            result = self._finish(job_id, prepared, started)
+            if self._hand_over(_Handed(job_id, prepared, started, kwargs, ended)):
+                return None
+            result = self._finish(job_id, prepared, started, self._outcome_of(prepared))
         except JobRefusedError as exc:
             result = self._failed(job_id, kwargs, exc.code, str(exc),
                                   status=JobStatus.EXPIRED if exc.code is ErrorCode.EXPIRED
                                   else JobStatus.FAILED)
         with trace.writing():
             first = self._store(result, kwargs)
+        self._stored(job_id, result, trace, first=first)
+        return result
+
+    def _stored(self, job_id: str, result: WireResult, trace: JobTrace, *,
+                first: bool) -> None:
         trace.end(result)
         self.running.done(job_id)
         if not first:
             logger.warning("job %s already had a terminal result; kept the first", job_id)
-        return result
+
+    def _hand_over(self, handed: _Handed) -> bool:
+        """Give the job to the finisher if its batch has yet to run; False if this thread
+        ends it (its batch ran inline, it has none, or it goes through the cache)."""
+        future = handed.prepared.future
+        if future is None or handed.prepared.cached is not None or future.done():
+            return False
+        try:
+            self.finisher.hand_over(handed, future)
+        except RuntimeError:  # not running (stopping, or a service used in-process)
+            return False
+        return True
+
+    def _end_handed(self, jobs: Sequence[tuple[_Handed, BatchOutcome | BaseException]]
+                    ) -> None:
+        """The finisher's call: compose the jobs' results, store them in one round trip,
+        and tell each job's runner. One result that cannot be stored (a bug) never keeps
+        the others from ending: then each is stored on its own."""
+        results = [self._finished_result(handed, outcome) for handed, outcome in jobs]
+        try:
+            with ExitStack() as writing:
+                for handed, _ in jobs:
+                    writing.enter_context(handed.prepared.trace.writing())
+                firsts = self._write([(result, _notify_list(handed.kwargs))
+                                      for (handed, _), result in zip(jobs, results,
+                                                                     strict=True)],
+                                     self.ledger.store_results)
+        except redis.RedisError as exc:
+            logger.warning("%d job(s): Redis failed (%s) storing their results",
+                           len(jobs), exc)
+            for handed, _ in jobs:
+                self.in_flight.end(handed.job_id)
+                _tell(handed, None, exc)
+            return
+        except Exception:
+            logger.exception("storing %d results at once raised; storing each alone",
+                             len(jobs))
+            for (handed, _), result in zip(jobs, results, strict=True):
+                self._end_alone(handed, result)
+            return
+        for (handed, _), result, first in zip(jobs, results, firsts, strict=True):
+            self._stored(handed.job_id, result, handed.prepared.trace, first=first)
+            self.in_flight.end(handed.job_id)
+            _log_end(result, handed.kwargs)
+            _tell(handed, result, None)
+
+    def _finished_result(self, handed: _Handed,
+                         outcome: BatchOutcome | BaseException) -> WireResult:
+        with job_context(handed.job_id, handed.kwargs):
+            try:
+                return self._finish(handed.job_id, handed.prepared, handed.started, outcome)
+            except Exception as exc:  # every job must end: a bug still gets a result
+                logger.exception("job %s failed unexpectedly", handed.job_id)
+                return self._internal_failure(handed.job_id, handed.kwargs, exc)
+
+    def _end_alone(self, handed: _Handed, result: WireResult) -> None:
+        """Store one handed-over job's result by itself (`internal_error` if even that
+        raises for another reason than Redis), and tell its runner."""
+        try:
+            try:
+                first = self._store(result, handed.kwargs)
+            except redis.RedisError:
+                raise
+            except Exception as exc:
+                logger.exception("job %s: its result could not be stored", handed.job_id)
+                result = self._internal_failure(handed.job_id, handed.kwargs, exc)
+                first = self._store(result, handed.kwargs)
+        except redis.RedisError as exc:
+            self.in_flight.end(handed.job_id)
+            _tell(handed, None, exc)
+            return
+        self._stored(handed.job_id, result, handed.prepared.trace, first=first)
+        self.in_flight.end(handed.job_id)
+        _log_end(result, handed.kwargs)
+        _tell(handed, result, None)
 
     def fail(self, job_id: str, kwargs: dict[str, Any], exc: Exception) -> WireResult:
         """End a job that raised unexpectedly with an `internal_error` result (once).
@@ -250,16 +392,20 @@ class InferenceService:
         Raises:
             redis.RedisError: if the result cannot be stored.
         """
-        message = f"{type(exc).__name__}: {exc}"
-        try:
-            result = self._failed(job_id, kwargs, ErrorCode.INTERNAL_ERROR, message)
-        except Exception:  # the request defeats even that: end the job with nothing of it
-            logger.exception("job %s: no result could be made of its request", job_id)
-            result = WireResult(job_id=job_id, model="", status=JobStatus.FAILED,
-                                sample_ids=[], sample_status=[],
-                                error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message))
+        result = self._internal_failure(job_id, kwargs, exc)
         self._store(result, kwargs)
         return result
+
+    def _internal_failure(self, job_id: str, kwargs: dict[str, Any],
+                          exc: Exception) -> WireResult:
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            return self._failed(job_id, kwargs, ErrorCode.INTERNAL_ERROR, message)
+        except Exception:  # the request defeats even that: end the job with nothing of it
+            logger.exception("job %s: no result could be made of its request", job_id)
+            return WireResult(job_id=job_id, model="", status=JobStatus.FAILED,
+                              sample_ids=[], sample_status=[],
+                              error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message))
 
     def revoke(self, delivery: Delivery) -> None:
         """End a job revoked before it ran (`celery control revoke`): `failed` with code
@@ -294,9 +440,21 @@ class InferenceService:
                              most_samples=self.limits.max_job_samples)
 
     def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
-        """Store the result once (False if one was stored already), and count it.
+        """Store the result once (False if one was stored already), gathered with those
+        of other pool threads storing at the same time, and count it.
 
-        A Redis at its maxmemory refuses the write: the job waits for room, its message
+        Raises:
+            redis.RedisError: if Redis cannot be reached, or refuses for another reason.
+        """
+        return self._write([(result, _notify_list(kwargs))],
+                           lambda pairs: [self.results.store(*pairs[0])])[0]
+
+    def _write(self, pairs: list[tuple[WireResult, str | None]],
+               write: Callable[[Sequence[tuple[WireResult, str | None]]], list[bool]]
+               ) -> list[bool]:
+        """`write(pairs)` (each result once: False if one was stored already), counted.
+
+        A Redis at its maxmemory refuses the write: the jobs wait for room, their messages
         still held (given back by the fleet if this worker dies meanwhile), rather than
         being requeued, which would need room too.
 
@@ -307,19 +465,23 @@ class InferenceService:
         wait_s = FULL_BACKOFF_S[0]
         while True:
             try:
-                stored = self.results.store(result, _notify_list(kwargs))
+                firsts = write(pairs)
                 break
             except redis.exceptions.OutOfMemoryError:
                 if self.metrics is not None:
-                    self.metrics.refused_writes.labels(result.model).inc()
+                    for result, _ in pairs:
+                        self.metrics.refused_writes.labels(result.model).inc()
                 if wait_s == FULL_BACKOFF_S[0]:
                     logger.warning("job %s: Redis is full (at its maxmemory); its result "
-                                   "waits for room", result.job_id)
+                                   "waits for room", pairs[0][0].job_id)
                 time.sleep(wait_s)
                 wait_s = min(FULL_BACKOFF_S[1], 2 * wait_s)
-        if stored and self.metrics is not None:
-            self.metrics.job_done(result, time.perf_counter() - started)
-        return stored
+        if self.metrics is not None:
+            seconds = time.perf_counter() - started
+            for (result, _), first in zip(pairs, firsts, strict=True):
+                if first:
+                    self.metrics.job_done(result, seconds)
+        return firsts
 
     def _prepare(self, job_id: str, delivery: Delivery, taken_at: float,
                  arrival: Arrival, trace: JobTrace) -> _Prepared:
@@ -362,24 +524,21 @@ class InferenceService:
                                f"{model.signature.version!r}")))
         return model
 
-    def _finish(self, job_id: str, prepared: _Prepared, started: float) -> WireResult:
-        outcome = None
-        if prepared.future is not None or prepared.cached is not None:
-            try:
-                outcome = self._outcome_of(prepared)
-            except TimeoutError:
-                if prepared.future is not None:
-                    prepared.future.cancel()  # not computed for nobody, if not begun yet
-                logger.error("job %s: no batch result within job_time_limit_s", job_id)
-                return self._failed(
-                    job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
-                    f"its batch did not finish within job_time_limit_s="
-                    f"{self.settings.job_time_limit_s:g} (the worker was busy with earlier "
-                    "batches)")
-            except Exception as exc:  # a broken batch must still end this job
-                logger.exception("job %s: batch failed", job_id)
-                return self._failed(job_id, prepared.request.model_dump(),
-                                     ErrorCode.INTERNAL_ERROR, f"batch failed: {exc}")
+    def _finish(self, job_id: str, prepared: _Prepared, started: float,
+                outcome: BatchOutcome | BaseException | None) -> WireResult:
+        """The job's result, from its batch outcome (None: it had no sample to compute),
+        or from what its batch raised (`TimeoutError`: none came within the limit)."""
+        if isinstance(outcome, TimeoutError):
+            logger.error("job %s: no batch result within job_time_limit_s", job_id)
+            return self._failed(
+                job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
+                f"its batch did not finish within job_time_limit_s="
+                f"{self.settings.job_time_limit_s:g} (the worker was busy with earlier "
+                "batches)")
+        if isinstance(outcome, BaseException):  # a broken batch must still end this job
+            logger.error("job %s: batch failed", job_id, exc_info=outcome)
+            return self._failed(job_id, prepared.request.model_dump(),
+                                ErrorCode.INTERNAL_ERROR, f"batch failed: {outcome}")
         # The batch that computed some of its samples (none: all came from the cache).
         batch = outcome if outcome is not None and outcome.batch_id else None
         if batch is not None:
@@ -411,18 +570,23 @@ class InferenceService:
                             lambda columns: postprocess(columns, model.postprocess,
                                                         model.signature.labels))
 
-    def _outcome_of(self, prepared: _Prepared) -> BatchOutcome:
-        """The batch outcome of the job's valid samples (through the cache, if it uses it).
-
-        Raises:
-            TimeoutError: after `job_time_limit_s`.
-            Exception: what its batch raised.
-        """
+    def _outcome_of(self, prepared: _Prepared) -> BatchOutcome | BaseException | None:
+        """The batch outcome of the job's valid samples (through the cache, if it uses
+        it), waiting up to `job_time_limit_s`; what its batch raised, or a `TimeoutError`;
+        None if it has no sample to compute."""
         limit = self.settings.job_time_limit_s
-        if prepared.cached is not None:
-            return self.cache.finish(prepared.cached, timeout_s=limit)
-        assert prepared.future is not None
-        return prepared.future.result(timeout=limit)
+        try:
+            if prepared.cached is not None:
+                return self.cache.finish(prepared.cached, timeout_s=limit)
+            if prepared.future is None:
+                return None
+            return prepared.future.result(timeout=limit)
+        except TimeoutError as exc:
+            if prepared.future is not None:
+                prepared.future.cancel()  # not computed for nobody, if not begun yet
+            return exc
+        except Exception as exc:
+            return exc
 
     def _run_batch(self, key: Hashable, inputs: Mapping[str, npt.NDArray[Any]]
                    ) -> dict[str, Column]:
@@ -440,6 +604,24 @@ class InferenceService:
         """The batcher's observer when tracing is on: the batch's span."""
         assert self.tracer is not None
         self.tracer.batch(record, model=record.key[0])  # type: ignore[index]  # _batch_key
+
+
+def _log_end(result: WireResult, kwargs: dict[str, Any]) -> None:
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    with job_context(result.job_id, kwargs):
+        logger.debug("job %s ended %s (%d samples, batches %s)", result.job_id,
+                     result.status.value, len(result.sample_ids), result.batch_ids,
+                     extra={"batch_id": ",".join(result.batch_ids) or None})
+
+
+def _tell(handed: _Handed, result: WireResult | None, error: BaseException | None) -> None:
+    """Tell a handed-over job's runner how it ended; what the runner raises (a failed
+    ack, say) is its own, and must not keep the jobs after it from ending."""
+    try:
+        handed.ended(result, error)
+    except Exception:
+        logger.exception("job %s: its runner raised at its end", handed.job_id)
 
 
 def _notify_list(kwargs: dict[str, Any]) -> str | None:

@@ -1,0 +1,182 @@
+"""The finisher ends each handed-over job once, many per call, in its own thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+
+import pytest
+
+from inferfleet.worker.finisher import Finisher
+
+Ended = list[tuple[str, object]]
+
+
+class Recorder:
+    """An `end_jobs` that records each call and signals every job it ended."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, object]]] = []
+        self.lock = threading.Lock()
+        self.ended: dict[str, threading.Event] = {}
+
+    def expect(self, *jobs: str) -> None:
+        for job in jobs:
+            self.ended[job] = threading.Event()
+
+    def __call__(self, jobs: Sequence[tuple[str, object]]) -> None:
+        with self.lock:
+            self.calls.append(list(jobs))
+        for job, _ in jobs:
+            self.ended[job].set()
+
+    def wait(self, *jobs: str) -> None:
+        for job in jobs:
+            assert self.ended[job].wait(5), f"{job} never ended"
+
+    def outcomes(self) -> dict[str, object]:
+        with self.lock:
+            return {job: outcome for call in self.calls for job, outcome in call}
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def finisher(recorder: Recorder) -> Iterator[Finisher[str, str]]:
+    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=30)
+    finisher.start()
+    yield finisher
+    finisher.stop()
+    finisher.join(5)
+
+
+def test_each_job_ends_once_with_its_outcome_or_its_exception(
+        finisher: Finisher[str, str], recorder: Recorder) -> None:
+    recorder.expect("a", "b")
+    ok, broken = Future[str](), Future[str]()
+    finisher.hand_over("a", ok)
+    finisher.hand_over("b", broken)
+    ok.set_result("rows")
+    broken.set_exception(ValueError("batch failed"))
+    recorder.wait("a", "b")
+    outcomes = recorder.outcomes()
+    assert outcomes["a"] == "rows"
+    assert isinstance(outcomes["b"], ValueError)
+    assert sum(len(call) for call in recorder.calls) == 2
+    assert finisher.drain(5) and finisher.pending() == 0
+
+
+def test_jobs_finished_while_it_is_busy_end_together(recorder: Recorder) -> None:
+    release = threading.Event()
+    first_call = threading.Event()
+
+    def slow_end(jobs: Sequence[tuple[str, object]]) -> None:
+        first_call.set()
+        release.wait(5)
+        recorder(jobs)
+
+    finisher: Finisher[str, str] = Finisher(slow_end, time_limit_s=30)
+    finisher.start()
+    try:
+        recorder.expect("first", *(f"job{i}" for i in range(50)))
+        head = Future[str]()
+        finisher.hand_over("first", head)
+        head.set_result("x")
+        assert first_call.wait(5)
+        futures = [Future[str]() for _ in range(50)]
+        for i, future in enumerate(futures):
+            finisher.hand_over(f"job{i}", future)
+            future.set_result(str(i))
+        release.set()
+        recorder.wait(*(f"job{i}" for i in range(50)))
+        assert [len(call) for call in recorder.calls] == [1, 50]
+    finally:
+        finisher.stop()
+        finisher.join(5)
+
+
+def test_a_job_whose_batch_never_ran_ends_with_a_timeout_and_is_cancelled(
+        recorder: Recorder) -> None:
+    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=0.05)
+    finisher.start()
+    try:
+        recorder.expect("stuck")
+        stuck = Future[str]()
+        finisher.hand_over("stuck", stuck)
+        recorder.wait("stuck")
+        assert isinstance(recorder.outcomes()["stuck"], TimeoutError)
+        assert stuck.cancelled()
+    finally:
+        finisher.stop()
+        finisher.join(5)
+
+
+def test_a_batch_that_ends_after_the_time_limit_does_not_end_the_job_twice(
+        recorder: Recorder) -> None:
+    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=0.05)
+    finisher.start()
+    try:
+        recorder.expect("late", "next")
+        late = Future[str]()
+        assert late.set_running_or_notify_cancel()  # a batch has begun it: no cancel
+        finisher.hand_over("late", late)
+        recorder.wait("late")
+        late.set_result("too late")
+        following = Future[str]()
+        finisher.hand_over("next", following)
+        following.set_result("on time")
+        recorder.wait("next")
+        assert finisher.drain(5)
+        ended = [job for call in recorder.calls for job, _ in call]
+        assert ended == ["late", "next"]
+        assert isinstance(recorder.outcomes()["late"], TimeoutError)
+    finally:
+        finisher.stop()
+        finisher.join(5)
+
+
+def test_an_end_that_raises_does_not_stop_the_jobs_after_it(recorder: Recorder) -> None:
+    def end_jobs(jobs: Sequence[tuple[str, object]]) -> None:
+        if any(job == "bad" for job, _ in jobs):
+            raise RuntimeError("a bug")
+        recorder(jobs)
+
+    finisher: Finisher[str, str] = Finisher(end_jobs, time_limit_s=30)
+    finisher.start()
+    try:
+        recorder.expect("good")
+        bad, good = Future[str](), Future[str]()
+        finisher.hand_over("bad", bad)
+        bad.set_result("x")
+        assert finisher.drain(5)
+        finisher.hand_over("good", good)
+        good.set_result("y")
+        recorder.wait("good")
+    finally:
+        finisher.stop()
+        finisher.join(5)
+
+
+def test_drain_waits_for_the_jobs_handed_over_and_stop_ends_the_thread(
+        finisher: Finisher[str, str], recorder: Recorder) -> None:
+    recorder.expect("a")
+    future = Future[str]()
+    finisher.hand_over("a", future)
+    assert not finisher.drain(0.01)
+    assert finisher.pending() == 1
+    threading.Timer(0.05, future.set_result, args=("done",)).start()
+    assert finisher.drain(5)
+    finisher.stop()
+    finisher.join(5)
+    with pytest.raises(RuntimeError, match="not running"):
+        finisher.hand_over("b", Future())
+
+
+def test_a_finisher_not_started_refuses_jobs(recorder: Recorder) -> None:
+    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=30)
+    with pytest.raises(RuntimeError, match="not running"):
+        finisher.hand_over("a", Future())
