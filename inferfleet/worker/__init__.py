@@ -1,8 +1,10 @@
 """The inferfleet worker: a Celery worker whose threads share one micro-batcher per model.
 
 Each job is its own Celery task (own events, own late ack, own result), taken by the lean
-path (`intake`) without Celery's per-task Request and tracer; the threads pool lets many
-jobs wait on the same batch at once, and ONNX Runtime releases the GIL while it computes.
+path (`intake`) without Celery's per-task Request and tracer; a pool thread decodes and
+checks a job and hands it to the batcher, and the jobs of a batch end together in one
+finisher thread (results stored in one round trip, then each job acked and reported).
+ONNX Runtime releases the GIL while it computes.
 """
 
 from __future__ import annotations

@@ -7,15 +7,17 @@ from `on_accepted` and `on_success`: per single-sample job about half of a worke
 (py-spy), more than the job's own decoding, batching and result write. `strategy` is
 Celery's `Task.Strategy` hook (the one celery-batches uses). It hands the job to the
 same pool (`--pool=threads`, bounded by `--concurrency`) and keeps every part of a job's
-Celery life that users and Flower see:
+Celery life that users and Flower see (a job whose batch has not run when its pool thread
+hands it to the batcher ends in the service's finisher thread, with the others of its
+batch: `worker.finisher`):
 
 - its `task-received`, `task-started` and `task-succeeded` events, with the fields Flower
   reads (`task-rejected` when Redis fails and it goes back to its queue);
 - its ack, through the consumer's ack promise, only after its result is stored;
 - a revoked job is not run: it ends `failed` with `revoked` and a `task-revoked` event
   (`install_revoke_command`: Celery's own would store a result of its own format there first);
-- a warm shutdown waits for the jobs running and gives back those not begun, as the pool
-  does for any task (`restore_unacked` puts those back without counting a delivery).
+- a warm shutdown waits for the jobs running (those handed to the finisher too:
+  `worker.threads`) and gives back those not begun, as the pool does for any task (`restore_unacked` puts those back without counting a delivery).
 
 What it leaves out: Celery's `task_received` signal, and the job in `inspect active` and
 `inspect reserved` (the fleet's own `inferfleet status` and Flower's task list, which

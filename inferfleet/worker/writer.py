@@ -1,6 +1,8 @@
 """Results of many threads stored in one round trip: a group commit.
 
-The jobs of one batch end together, each in its own pool thread. The first to store
+For the jobs that end in their own pool thread (their batch ran inline, they went
+through the result cache, or they ended without a batch); the jobs handed to the
+finisher are stored a round at a time there (`worker.finisher`). The first to store
 writes at once; those that arrive while it writes wait, and the next of them writes them
 all in one pipeline. A lone job never waits for company.
 """
