@@ -17,7 +17,8 @@ batch: `worker.finisher`):
 - a revoked job is not run: it ends `failed` with `revoked` and a `task-revoked` event
   (`install_revoke_command`: Celery's own would store a result of its own format there first);
 - a warm shutdown waits for the jobs running (those handed to the finisher too:
-  `worker.threads`) and gives back those not begun, as the pool does for any task (`restore_unacked` puts those back without counting a delivery).
+  `worker.threads`) and gives back those not begun, as the pool does for any task
+  (`restore_unacked` puts those back without counting a delivery).
 
 What it leaves out: Celery's `task_received` signal, and the job in `inspect active` and
 `inspect reserved` (the fleet's own `inferfleet status` and Flower's task list, which

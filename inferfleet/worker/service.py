@@ -1,21 +1,20 @@
 """The inference service of one worker process: model sessions, the batcher, the ledger.
 
-`handle` is everything one job does: parse, validate, join a batch, store the result.
-It never raises for a bad job: every failure becomes a stored terminal result.
+`begin` is everything one job does: parse, validate, join a batch; its end (the result
+composed, stored once and reported) is `worker.endings`', in this thread or, for a job
+whose batch has yet to run, in the finisher's (`worker.finisher`). It never raises for a
+bad job: every failure becomes a stored terminal result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from concurrent.futures import Future
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
@@ -32,61 +31,26 @@ from inferfleet.models.postprocess import Column, postprocess
 from inferfleet.models.registry import Registry
 from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
-from inferfleet.schemas import ErrorInfo, JobRequest, JobStatus, JobTimings, WireResult
+from inferfleet.schemas import JobRequest, JobStatus, WireResult
 from inferfleet.settings import Settings
-from inferfleet.tracing import NO_TRACE, JobTrace, JobTracer
-from inferfleet.validation import Limits, ValidatedJob
+from inferfleet.tracing import NO_TRACE, JobTracer
+from inferfleet.validation import Limits
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
-from inferfleet.worker.cached import CachedJob, JobCache, cache_version
+from inferfleet.worker.cached import JobCache, cache_version
 from inferfleet.worker.cached import Outputs as CacheOutputs
 from inferfleet.worker.delivery import Delivery, InFlightJobs
 from inferfleet.worker.discovery import ModelDiscovery
+from inferfleet.worker.endings import JobEndings, log_end
 from inferfleet.worker.finisher import Finisher
 from inferfleet.worker.housekeeping import Housekeeping
-from inferfleet.worker.jobs import (
-    checked_request,
-    checked_samples,
-    compose_result,
-    failed_result,
-)
+from inferfleet.worker.jobs import checked_request, checked_samples
 from inferfleet.worker.marks import RunningMarks
 from inferfleet.worker.metrics import WorkerMetrics
 from inferfleet.worker.pool import ModelPool
+from inferfleet.worker.running import JobEnded, Prepared, RunningJob
 from inferfleet.worker.upkeep import schedule_upkeep
-from inferfleet.worker.writer import GroupWriter
 
 logger = logging.getLogger(__name__)
-
-#: The first and the longest wait between writes that a full Redis refused.
-FULL_BACKOFF_S = (0.05, 1.0)
-
-
-@dataclass
-class _Prepared:
-    request: JobRequest
-    model: OnnxModel
-    job: ValidatedJob
-    future: Future[BatchOutcome] | None
-    trace: JobTrace
-    #: The job's way through the result cache, when it uses it.
-    cached: CachedJob | None = None
-
-
-#: What a job's runner hears, once, when the job has ended: its stored result (None for a
-#: message this process no longer holds), or the `redis.RedisError` that kept it from
-#: being stored.
-JobEnded = Callable[[WireResult | None, BaseException | None], None]
-
-
-@dataclass(eq=False)
-class _Handed:
-    """A job handed to the finisher: what ending it takes."""
-
-    job_id: str
-    prepared: _Prepared
-    started: float
-    kwargs: dict[str, Any]
-    ended: JobEnded
 
 
 class InferenceService:
@@ -97,7 +61,6 @@ class InferenceService:
         self.client = client
         self.ledger = Ledger(client, ttl_s=settings.result_ttl_s,
                              session_stream_max_jobs=settings.session_stream_max_jobs)
-        self.results = GroupWriter(self.ledger.store_results)
         #: The background duties of this process; started by `start`.
         self.housekeeping = Housekeeping(name="worker-housekeeping")
         #: The holder ids of this process's broker channels (the transport's).
@@ -124,17 +87,29 @@ class InferenceService:
         self.limits = Limits(max_job_samples=settings.max_job_samples,
                              max_sample_elements=settings.max_sample_elements)
         self.in_flight = InFlightJobs()
+        #: Composes, stores and reports every job's result.
+        self.endings = JobEndings(self.ledger, settings=settings, running=self.running,
+                                  in_flight=self.in_flight)
         #: Ends the jobs whose batch had not run when their pool thread handed them on.
-        self.finisher: Finisher[_Handed, BatchOutcome] = Finisher(
-            self._end_handed, time_limit_s=settings.job_time_limit_s,
+        self.finisher: Finisher[RunningJob, BatchOutcome] = Finisher(
+            self.endings.end_round, time_limit_s=settings.job_time_limit_s,
             name=f"finisher-{os.getpid()}")
-        self.metrics: WorkerMetrics | None = None  # set by the worker that serves them
         #: Serves models added to the folder later; set by a worker serving every model.
         self.discovery: ModelDiscovery | None = None
         #: Rows this process keeps ahead of its batcher: enough for the next batches,
         #: no more.
         self.take_ahead = TakeAhead(settings.max_batch_rows)
         self._rows_per_job = 1.0  # a moving average of the jobs taken
+
+    @property
+    def metrics(self) -> WorkerMetrics | None:
+        """The worker's Prometheus metrics; None until the worker that serves them sets
+        them."""
+        return self.endings.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: WorkerMetrics | None) -> None:
+        self.endings.metrics = metrics
 
     def start(self) -> None:
         """Start the background duties (heartbeats first: a channel takes nothing until
@@ -235,16 +210,17 @@ class InferenceService:
                 logger.info("job %s delivered again while it ran here; not run twice", job_id)
                 ended(stored, None)
                 return
-        result = None
         try:
             with job_context(job_id, delivery.kwargs):
                 result = self._handle(delivery, ended)
-        finally:
-            if result is not None or sys.exc_info()[0] is not None:
-                self.in_flight.end(job_id)  # else the finisher ends it
-        if result is not None:
-            _log_end(result, delivery.kwargs)
-            ended(result, None)
+        except BaseException:
+            self.in_flight.end(job_id)
+            raise
+        if result is None:
+            return  # handed to the finisher, which ends it
+        self.in_flight.end(job_id)
+        log_end(result, delivery.kwargs)
+        ended(result, None)
 
     def handle(self, delivery: Delivery) -> WireResult | None:
         """`begin`, returning once the job has ended: its stored result (None for a
@@ -280,8 +256,8 @@ class InferenceService:
             if deliveries > self.settings.max_deliveries:
                 return self._dead_letter(job_id, kwargs, deliveries)
         started = time.time()
-        trace = NO_TRACE if self.tracer is None else \
-            self.tracer.job(job_id, kwargs, delivery.headers, started)
+        job = RunningJob(delivery, ended, started, NO_TRACE if self.tracer is None else
+                         self.tracer.job(job_id, kwargs, delivery.headers, started))
         self.running.mark(job_id)
         try:
             if delivery.positional_args:
@@ -290,101 +266,28 @@ class InferenceService:
                                       f"wire schema); got {delivery.positional_args} "
                                       "positional")
             with self.batcher.arriving() as arrival:
-                prepared = self._prepare(job_id, delivery, delivery.taken_at or started,
-                                         arrival, trace)
-            if self._hand_over(_Handed(job_id, prepared, started, kwargs, ended)):
+                job.prepared = prepared = self._prepare(job, arrival)
+            if prepared.waits_for_batch() and self._hand_over(job, prepared):
                 return None
-            result = self._finish(job_id, prepared, started, self._outcome_of(prepared))
+            result = self.endings.result_of(job, prepared, self._outcome_of(prepared))
         except JobRefusedError as exc:
-            result = self._failed(job_id, kwargs, exc.code, str(exc),
-                                  status=JobStatus.EXPIRED if exc.code is ErrorCode.EXPIRED
-                                  else JobStatus.FAILED)
-        with trace.writing():
-            first = self._store(result, kwargs)
-        self._stored(job_id, result, trace, first=first)
+            result = self.endings.failed(
+                job_id, kwargs, exc.code, str(exc),
+                status=JobStatus.EXPIRED if exc.code is ErrorCode.EXPIRED else JobStatus.FAILED)
+        with job.trace.writing():
+            first = self.endings.store(result, kwargs)
+        self.endings.stored(job_id, result, job.trace, first=first)
         return result
 
-    def _stored(self, job_id: str, result: WireResult, trace: JobTrace, *,
-                first: bool) -> None:
-        trace.end(result)
-        self.running.done(job_id)
-        if not first:
-            logger.warning("job %s already had a terminal result; kept the first", job_id)
-
-    def _hand_over(self, handed: _Handed) -> bool:
-        """Give the job to the finisher if its batch has yet to run; False if this thread
-        ends it (its batch ran inline, it has none, or it goes through the cache)."""
-        future = handed.prepared.future
-        if future is None or handed.prepared.cached is not None or future.done():
-            return False
+    def _hand_over(self, job: RunningJob, prepared: Prepared) -> bool:
+        """Give the job to the finisher; False if it is not running (stopping, or a
+        service used in-process), and this thread must end the job."""
+        assert prepared.future is not None  # see Prepared.waits_for_batch
         try:
-            self.finisher.hand_over(handed, future)
-        except RuntimeError:  # not running (stopping, or a service used in-process)
+            self.finisher.hand_over(job, prepared.future)
+        except RuntimeError:
             return False
         return True
-
-    def _end_handed(self, jobs: Sequence[tuple[_Handed, BatchOutcome | BaseException]]
-                    ) -> None:
-        """The finisher's call: compose the jobs' results, store them in one round trip,
-        and tell each job's runner. One result that cannot be stored (a bug) never keeps
-        the others from ending: then each is stored on its own."""
-        results = [self._finished_result(handed, outcome) for handed, outcome in jobs]
-        try:
-            with ExitStack() as writing:
-                for handed, _ in jobs:
-                    writing.enter_context(handed.prepared.trace.writing())
-                firsts = self._write([(result, _notify_list(handed.kwargs))
-                                      for (handed, _), result in zip(jobs, results,
-                                                                     strict=True)],
-                                     self.ledger.store_results)
-        except redis.RedisError as exc:
-            logger.warning("%d job(s): Redis failed (%s) storing their results",
-                           len(jobs), exc)
-            for handed, _ in jobs:
-                self.in_flight.end(handed.job_id)
-                _tell(handed, None, exc)
-            return
-        except Exception:
-            logger.exception("storing %d results at once raised; storing each alone",
-                             len(jobs))
-            for (handed, _), result in zip(jobs, results, strict=True):
-                self._end_alone(handed, result)
-            return
-        for (handed, _), result, first in zip(jobs, results, firsts, strict=True):
-            self._stored(handed.job_id, result, handed.prepared.trace, first=first)
-            self.in_flight.end(handed.job_id)
-            _log_end(result, handed.kwargs)
-            _tell(handed, result, None)
-
-    def _finished_result(self, handed: _Handed,
-                         outcome: BatchOutcome | BaseException) -> WireResult:
-        with job_context(handed.job_id, handed.kwargs):
-            try:
-                return self._finish(handed.job_id, handed.prepared, handed.started, outcome)
-            except Exception as exc:  # every job must end: a bug still gets a result
-                logger.exception("job %s failed unexpectedly", handed.job_id)
-                return self._internal_failure(handed.job_id, handed.kwargs, exc)
-
-    def _end_alone(self, handed: _Handed, result: WireResult) -> None:
-        """Store one handed-over job's result by itself (`internal_error` if even that
-        raises for another reason than Redis), and tell its runner."""
-        try:
-            try:
-                first = self._store(result, handed.kwargs)
-            except redis.RedisError:
-                raise
-            except Exception as exc:
-                logger.exception("job %s: its result could not be stored", handed.job_id)
-                result = self._internal_failure(handed.job_id, handed.kwargs, exc)
-                first = self._store(result, handed.kwargs)
-        except redis.RedisError as exc:
-            self.in_flight.end(handed.job_id)
-            _tell(handed, None, exc)
-            return
-        self._stored(handed.job_id, result, handed.prepared.trace, first=first)
-        self.in_flight.end(handed.job_id)
-        _log_end(result, handed.kwargs)
-        _tell(handed, result, None)
 
     def fail(self, job_id: str, kwargs: dict[str, Any], exc: Exception) -> WireResult:
         """End a job that raised unexpectedly with an `internal_error` result (once).
@@ -392,20 +295,9 @@ class InferenceService:
         Raises:
             redis.RedisError: if the result cannot be stored.
         """
-        result = self._internal_failure(job_id, kwargs, exc)
-        self._store(result, kwargs)
+        result = self.endings.internal_failure(job_id, kwargs, exc)
+        self.endings.store(result, kwargs)
         return result
-
-    def _internal_failure(self, job_id: str, kwargs: dict[str, Any],
-                          exc: Exception) -> WireResult:
-        message = f"{type(exc).__name__}: {exc}"
-        try:
-            return self._failed(job_id, kwargs, ErrorCode.INTERNAL_ERROR, message)
-        except Exception:  # the request defeats even that: end the job with nothing of it
-            logger.exception("job %s: no result could be made of its request", job_id)
-            return WireResult(job_id=job_id, model="", status=JobStatus.FAILED,
-                              sample_ids=[], sample_status=[],
-                              error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message))
 
     def revoke(self, delivery: Delivery) -> None:
         """End a job revoked before it ran (`celery control revoke`): `failed` with code
@@ -415,99 +307,51 @@ class InferenceService:
             redis.RedisError: if the result cannot be stored.
         """
         logger.info("job %s was revoked; not run", delivery.job_id)
-        self._store(self._failed(delivery.job_id, delivery.kwargs, ErrorCode.REVOKED,
-                                 "revoked before a worker ran it"), delivery.kwargs)
+        self.endings.store(self.endings.failed(delivery.job_id, delivery.kwargs,
+                                               ErrorCode.REVOKED,
+                                               "revoked before a worker ran it"),
+                           delivery.kwargs)
 
     def _dead_letter(self, job_id: str, kwargs: dict[str, Any], deliveries: int) -> WireResult:
         reason = (f"delivered {deliveries} times without finishing (max_deliveries="
                   f"{self.settings.max_deliveries}): its worker died each time")
         logger.error("job %s dead-lettered: %s", job_id, reason)
-        result = self._failed(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
-                               status=JobStatus.DEAD_LETTERED)
+        result = self.endings.failed(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
+                                     status=JobStatus.DEAD_LETTERED)
         queue = keys.model_queue(str(kwargs.get("model", "")))
         # A replay is a new job: the original's deadline, notify list and submit time
         # belong to the original.
         fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None}
         copy = task_envelope(str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
-        self._store(result, kwargs)
+        self.endings.store(result, kwargs)
         return result
 
-    def _failed(self, job_id: str, kwargs: dict[str, Any], code: ErrorCode, message: str,
-                *, status: JobStatus = JobStatus.FAILED) -> WireResult:
-        """`failed_result`, reporting no more samples than the job may hold."""
-        return failed_result(job_id, kwargs, code, message, status=status,
-                             most_samples=self.limits.max_job_samples)
-
-    def _store(self, result: WireResult, kwargs: dict[str, Any]) -> bool:
-        """Store the result once (False if one was stored already), gathered with those
-        of other pool threads storing at the same time, and count it.
-
-        Raises:
-            redis.RedisError: if Redis cannot be reached, or refuses for another reason.
-        """
-        return self._write([(result, _notify_list(kwargs))],
-                           lambda pairs: [self.results.store(*pairs[0])])[0]
-
-    def _write(self, pairs: list[tuple[WireResult, str | None]],
-               write: Callable[[Sequence[tuple[WireResult, str | None]]], list[bool]]
-               ) -> list[bool]:
-        """`write(pairs)` (each result once: False if one was stored already), counted.
-
-        A Redis at its maxmemory refuses the write: the jobs wait for room, their messages
-        still held (given back by the fleet if this worker dies meanwhile), rather than
-        being requeued, which would need room too.
-
-        Raises:
-            redis.RedisError: if Redis cannot be reached, or refuses for another reason.
-        """
-        started = time.perf_counter()
-        wait_s = FULL_BACKOFF_S[0]
-        while True:
-            try:
-                firsts = write(pairs)
-                break
-            except redis.exceptions.OutOfMemoryError:
-                if self.metrics is not None:
-                    for result, _ in pairs:
-                        self.metrics.refused_writes.labels(result.model).inc()
-                if wait_s == FULL_BACKOFF_S[0]:
-                    logger.warning("job %s: Redis is full (at its maxmemory); its result "
-                                   "waits for room", pairs[0][0].job_id)
-                time.sleep(wait_s)
-                wait_s = min(FULL_BACKOFF_S[1], 2 * wait_s)
-        if self.metrics is not None:
-            seconds = time.perf_counter() - started
-            for (result, _), first in zip(pairs, firsts, strict=True):
-                if first:
-                    self.metrics.job_done(result, seconds)
-        return firsts
-
-    def _prepare(self, job_id: str, delivery: Delivery, taken_at: float,
-                 arrival: Arrival, trace: JobTrace) -> _Prepared:
+    def _prepare(self, job: RunningJob, arrival: Arrival) -> Prepared:
         """The job's checked samples, handed to the batcher.
 
         Raises:
             JobRefusedError: if the job ends without being computed (`expired` if its
                 message was first taken after its deadline).
         """
-        request = checked_request(delivery.kwargs, taken_at=taken_at,
+        delivery = job.delivery
+        request = checked_request(delivery.kwargs, taken_at=delivery.taken_at or job.started,
                                   max_deadline_s=self.settings.result_ttl_s)
         model = self._model_for(request)
-        job = checked_samples(request, model.signature, self.limits)
+        samples = checked_samples(request, model.signature, self.limits)
         high = delivery.priority == "high"
 
         def submit(inputs: Mapping[str, npt.NDArray[Any]]) -> Future[BatchOutcome]:
             return self.batcher.submit(_batch_key(model, inputs, high=high), inputs,
-                                       arrival=arrival, tag=trace.link, patient=not high)
+                                       arrival=arrival, tag=job.trace.link, patient=not high)
 
-        if not len(job.valid_index):
-            return _Prepared(request, model, job, None, trace)
+        if not len(samples.valid_index):
+            return Prepared(request, model, samples, None)
         if request.cache if request.cache is not None else model.config.cache:
-            cached = self.cache.begin(request.model, cache_version(model), job, submit,
+            cached = self.cache.begin(request.model, cache_version(model), samples, submit,
                                       self._cache_outputs(model))
-            return _Prepared(request, model, job, cached.future, trace, cached)
-        return _Prepared(request, model, job, submit(job.inputs), trace)
+            return Prepared(request, model, samples, cached.future, cached)
+        return Prepared(request, model, samples, submit(samples.inputs))
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
         """Raises: JobRefusedError: if this worker cannot serve the model asked for."""
@@ -524,45 +368,6 @@ class InferenceService:
                                f"{model.signature.version!r}")))
         return model
 
-    def _finish(self, job_id: str, prepared: _Prepared, started: float,
-                outcome: BatchOutcome | BaseException | None) -> WireResult:
-        """The job's result, from its batch outcome (None: it had no sample to compute),
-        or from what its batch raised (`TimeoutError`: none came within the limit)."""
-        if isinstance(outcome, TimeoutError):
-            logger.error("job %s: no batch result within job_time_limit_s", job_id)
-            return self._failed(
-                job_id, prepared.request.model_dump(), ErrorCode.INTERNAL_ERROR,
-                f"its batch did not finish within job_time_limit_s="
-                f"{self.settings.job_time_limit_s:g} (the worker was busy with earlier "
-                "batches)")
-        if isinstance(outcome, BaseException):  # a broken batch must still end this job
-            logger.error("job %s: batch failed", job_id, exc_info=outcome)
-            return self._failed(job_id, prepared.request.model_dump(),
-                                ErrorCode.INTERNAL_ERROR, f"batch failed: {outcome}")
-        # The batch that computed some of its samples (none: all came from the cache).
-        batch = outcome if outcome is not None and outcome.batch_id else None
-        if batch is not None:
-            prepared.trace.batched(batch)
-        finished = time.time()
-        submitted = prepared.request.submitted_at
-        timings = JobTimings(
-            queued_ms=None if submitted is None else max(0.0, (started - submitted) * 1000),
-            batch_wait_ms=batch.wait_ms if batch else None,
-            inference_ms=batch.run_ms if batch else None,
-            total_ms=(finished - started) * 1000)
-        result = compose_result(job_id, prepared.request, prepared.model.signature,
-                                prepared.job, outcome, timings=timings,
-                                providers=prepared.model.providers)
-        result.latency_ms = None if submitted is None else (finished - submitted) * 1000
-        result.batch_ids = [batch.batch_id] if batch else []
-        if prepared.cached is not None:
-            result.cache_hits = prepared.cached.hit_samples
-            if self.metrics is not None:
-                self.metrics.cache_used(result.model, hits=len(result.cache_hits),
-                                        misses=len(prepared.job.valid_index) -
-                                        len(result.cache_hits))
-        return result
-
     @staticmethod
     def _cache_outputs(model: OnnxModel) -> CacheOutputs:
         """What the cache keeps of a model's outputs, and how the rest is made again."""
@@ -570,7 +375,7 @@ class InferenceService:
                             lambda columns: postprocess(columns, model.postprocess,
                                                         model.signature.labels))
 
-    def _outcome_of(self, prepared: _Prepared) -> BatchOutcome | BaseException | None:
+    def _outcome_of(self, prepared: Prepared) -> BatchOutcome | BaseException | None:
         """The batch outcome of the job's valid samples (through the cache, if it uses
         it), waiting up to `job_time_limit_s`; what its batch raised, or a `TimeoutError`;
         None if it has no sample to compute."""
@@ -604,32 +409,6 @@ class InferenceService:
         """The batcher's observer when tracing is on: the batch's span."""
         assert self.tracer is not None
         self.tracer.batch(record, model=record.key[0])  # type: ignore[index]  # _batch_key
-
-
-def _log_end(result: WireResult, kwargs: dict[str, Any]) -> None:
-    if not logger.isEnabledFor(logging.DEBUG):
-        return
-    with job_context(result.job_id, kwargs):
-        logger.debug("job %s ended %s (%d samples, batches %s)", result.job_id,
-                     result.status.value, len(result.sample_ids), result.batch_ids,
-                     extra={"batch_id": ",".join(result.batch_ids) or None})
-
-
-def _tell(handed: _Handed, result: WireResult | None, error: BaseException | None) -> None:
-    """Tell a handed-over job's runner how it ended; what the runner raises (a failed
-    ack, say) is its own, and must not keep the jobs after it from ending."""
-    try:
-        handed.ended(result, error)
-    except Exception:
-        logger.exception("job %s: its runner raised at its end", handed.job_id)
-
-
-def _notify_list(kwargs: dict[str, Any]) -> str | None:
-    """The request's notify list, only if it is one a producer may name."""
-    notify = kwargs.get("notify")
-    if isinstance(notify, str) and notify.startswith(keys.NOTIFY_PREFIX) and len(notify) < 200:
-        return notify
-    return None
 
 
 def _batch_key(model: OnnxModel, inputs: Mapping[str, npt.NDArray[Any]], *,
