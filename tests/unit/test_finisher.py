@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 import pytest
 
@@ -40,6 +41,19 @@ class Recorder:
             return {job: outcome for call in self.calls for job, outcome in call}
 
 
+@contextmanager
+def started(end_jobs: Callable[[Sequence[tuple[str, object]]], None], *,
+            time_limit_s: float = 30.0) -> Iterator[Finisher[str, str]]:
+    """A running finisher, stopped and joined at the end."""
+    finisher: Finisher[str, str] = Finisher(end_jobs, time_limit_s=time_limit_s)
+    finisher.start()
+    try:
+        yield finisher
+    finally:
+        finisher.stop()
+        finisher.join(5)
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
@@ -47,11 +61,8 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def finisher(recorder: Recorder) -> Iterator[Finisher[str, str]]:
-    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=30)
-    finisher.start()
-    yield finisher
-    finisher.stop()
-    finisher.join(5)
+    with started(recorder) as finisher:
+        yield finisher
 
 
 def test_each_job_ends_once_with_its_outcome_or_its_exception(
@@ -70,6 +81,13 @@ def test_each_job_ends_once_with_its_outcome_or_its_exception(
     assert finisher.drain(5) and finisher.pending() == 0
 
 
+@pytest.fixture
+def impatient(recorder: Recorder) -> Iterator[Finisher[str, str]]:
+    """A finisher whose jobs time out after 50 ms."""
+    with started(recorder, time_limit_s=0.05) as finisher:
+        yield finisher
+
+
 def test_jobs_finished_while_it_is_busy_end_together(recorder: Recorder) -> None:
     release = threading.Event()
     first_call = threading.Event()
@@ -79,9 +97,7 @@ def test_jobs_finished_while_it_is_busy_end_together(recorder: Recorder) -> None
         release.wait(5)
         recorder(jobs)
 
-    finisher: Finisher[str, str] = Finisher(slow_end, time_limit_s=30)
-    finisher.start()
-    try:
+    with started(slow_end) as finisher:
         recorder.expect("first", *(f"job{i}" for i in range(50)))
         head = Future[str]()
         finisher.hand_over("first", head)
@@ -94,49 +110,34 @@ def test_jobs_finished_while_it_is_busy_end_together(recorder: Recorder) -> None
         release.set()
         recorder.wait(*(f"job{i}" for i in range(50)))
         assert [len(call) for call in recorder.calls] == [1, 50]
-    finally:
-        finisher.stop()
-        finisher.join(5)
 
 
 def test_a_job_whose_batch_never_ran_ends_with_a_timeout_and_is_cancelled(
-        recorder: Recorder) -> None:
-    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=0.05)
-    finisher.start()
-    try:
-        recorder.expect("stuck")
-        stuck = Future[str]()
-        finisher.hand_over("stuck", stuck)
-        recorder.wait("stuck")
-        assert isinstance(recorder.outcomes()["stuck"], TimeoutError)
-        assert stuck.cancelled()
-    finally:
-        finisher.stop()
-        finisher.join(5)
+        impatient: Finisher[str, str], recorder: Recorder) -> None:
+    recorder.expect("stuck")
+    stuck = Future[str]()
+    impatient.hand_over("stuck", stuck)
+    recorder.wait("stuck")
+    assert isinstance(recorder.outcomes()["stuck"], TimeoutError)
+    assert stuck.cancelled()
 
 
 def test_a_batch_that_ends_after_the_time_limit_does_not_end_the_job_twice(
-        recorder: Recorder) -> None:
-    finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=0.05)
-    finisher.start()
-    try:
-        recorder.expect("late", "next")
-        late = Future[str]()
-        assert late.set_running_or_notify_cancel()  # a batch has begun it: no cancel
-        finisher.hand_over("late", late)
-        recorder.wait("late")
-        late.set_result("too late")
-        following = Future[str]()
-        finisher.hand_over("next", following)
-        following.set_result("on time")
-        recorder.wait("next")
-        assert finisher.drain(5)
-        ended = [job for call in recorder.calls for job, _ in call]
-        assert ended == ["late", "next"]
-        assert isinstance(recorder.outcomes()["late"], TimeoutError)
-    finally:
-        finisher.stop()
-        finisher.join(5)
+        impatient: Finisher[str, str], recorder: Recorder) -> None:
+    recorder.expect("late", "next")
+    late = Future[str]()
+    assert late.set_running_or_notify_cancel()  # a batch has begun it: no cancel
+    impatient.hand_over("late", late)
+    recorder.wait("late")
+    late.set_result("too late")
+    following = Future[str]()
+    impatient.hand_over("next", following)
+    following.set_result("on time")
+    recorder.wait("next")
+    assert impatient.drain(5)
+    ended = [job for call in recorder.calls for job, _ in call]
+    assert ended == ["late", "next"]
+    assert isinstance(recorder.outcomes()["late"], TimeoutError)
 
 
 def test_an_end_that_raises_does_not_stop_the_jobs_after_it(recorder: Recorder) -> None:
@@ -145,9 +146,7 @@ def test_an_end_that_raises_does_not_stop_the_jobs_after_it(recorder: Recorder) 
             raise RuntimeError("a bug")
         recorder(jobs)
 
-    finisher: Finisher[str, str] = Finisher(end_jobs, time_limit_s=30)
-    finisher.start()
-    try:
+    with started(end_jobs) as finisher:
         recorder.expect("good")
         bad, good = Future[str](), Future[str]()
         finisher.hand_over("bad", bad)
@@ -156,9 +155,6 @@ def test_an_end_that_raises_does_not_stop_the_jobs_after_it(recorder: Recorder) 
         finisher.hand_over("good", good)
         good.set_result("y")
         recorder.wait("good")
-    finally:
-        finisher.stop()
-        finisher.join(5)
 
 
 def test_drain_waits_for_the_jobs_handed_over_and_stop_ends_the_thread(
