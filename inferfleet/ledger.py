@@ -26,6 +26,7 @@ from inferfleet.codec import json_fallback
 from inferfleet.errors import ErrorCode, ResultTimeoutError
 from inferfleet.liveness import held_job_ids
 from inferfleet.schemas import ErrorInfo, JobState, JobStatus, SampleStatus, WireResult
+from inferfleet.wire import round_trip
 
 #: Results polled per MGET: the oldest outstanding ids, refilled as they land, so that
 #: waiting for a million jobs costs the same per poll as waiting for a few hundred.
@@ -248,10 +249,10 @@ class Ledger:
                  session_stream_max_jobs: int = 100_000,
                  send: Callable[[Sequence[tuple[Any, ...]]], list[Any]] | None = None
                  ) -> None:
-        """`send`, if given, sends the script calls' rounds of commands instead of a
-        redis-py pipeline (the producer's `Wire`): the replies, error replies in place."""
+        """`send`, if given, sends the script calls' rounds of commands instead of
+        `wire.round_trip` (the producer's `Wire`): the replies, error replies in place."""
         self.client = client
-        self._send = send or self._send_by_pipeline
+        self._send = send or self._send_by_round_trip
         self.ttl_s = ttl_s
         self.session_stream_max_jobs = session_stream_max_jobs
         self._store_once = client.register_script(_STORE_ONCE)
@@ -396,11 +397,8 @@ class Ledger:
                 raise reply
         return replies
 
-    def _send_by_pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return pipe.execute(raise_on_error=False)
+    def _send_by_round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return round_trip(self.client, commands)
 
     def iter_notified_results(self, job_ids: Iterable[str], notify: str, *,
                               timeout_s: float, landed_before: set[str],

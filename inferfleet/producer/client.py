@@ -43,7 +43,6 @@ from inferfleet.producer.messages import (
 from inferfleet.producer.publish import shown_name, task_envelope
 from inferfleet.producer.stream import stream
 from inferfleet.producer.tables import is_data_frame
-from inferfleet.producer.wire import Wire
 from inferfleet.schemas import (
     WIRE_VERSION,
     JobResult,
@@ -54,6 +53,7 @@ from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
 from inferfleet.tracing import SubmitTracer
 from inferfleet.validation import Limits
+from inferfleet.wire import Wire
 
 P = ParamSpec("P")
 R = TypeVar("R")
