@@ -54,7 +54,8 @@ class Finisher(Generic[Job, Outcome]):
         self.time_limit_s = time_limit_s
         self._name = name
         self._cond = threading.Condition()
-        self._waiting: dict[int, _Waiting[Job, Outcome]] = {}  # in the order handed over
+        #: By their future's id, in the order handed over.
+        self._waiting: dict[int, _Waiting[Job, Outcome]] = {}
         self._ready: list[_Waiting[Job, Outcome]] = []
         self._ending = 0  # jobs in an `end_jobs` call under way
         self._stopped = False
@@ -89,8 +90,11 @@ class Finisher(Generic[Job, Outcome]):
         with self._cond:
             if self._thread is None or self._stopped:
                 raise RuntimeError(f"{self._name} is not running")
-            self._waiting[id(waiting)] = waiting
-        future.add_done_callback(lambda _: self._done(waiting))
+            self._waiting[id(future)] = waiting
+        # A bound method, not a closure over the job: a job usually holds its future, and
+        # a callback holding the job made a reference cycle of every job, freed only by
+        # the cyclic collector, with its batch's output arrays.
+        future.add_done_callback(self._done)
 
     def pending(self) -> int:
         """Jobs handed over that have not ended yet."""
@@ -109,12 +113,14 @@ class Finisher(Generic[Job, Outcome]):
                 self._cond.wait(remaining)
         return True
 
-    def _done(self, waiting: _Waiting[Job, Outcome]) -> None:
+    def _done(self, future: Future[Outcome]) -> None:
         """The future's callback, in the thread that completed it (a batch's): a list
-        append, and a wake-up only for the first job of a round."""
+        append, and a wake-up only for the first job of a round. (A future alive here
+        has an id no other live object has, so the id finds its own job.)"""
         with self._cond:
-            if waiting.ended:  # timed out already
-                return
+            waiting = self._waiting.get(id(future))
+            if waiting is None or waiting.future is not future or waiting.ended:
+                return  # timed out already
             self._ready.append(waiting)
             if len(self._ready) == 1:
                 self._cond.notify_all()
@@ -134,6 +140,7 @@ class Finisher(Generic[Job, Outcome]):
                 with self._cond:
                     self._ending -= len(batch)
                     self._cond.notify_all()
+                del batch  # not kept (with its outputs) while the next round waits
 
     def _next_round(self) -> list[tuple[Job, Outcome | BaseException]] | None:
         """The jobs to end now (called with the lock held, waiting for some); None once
@@ -146,7 +153,7 @@ class Finisher(Generic[Job, Outcome]):
                 ended: list[tuple[Job, Outcome | BaseException]] = []
                 for waiting in ready:
                     waiting.ended = True
-                    del self._waiting[id(waiting)]
+                    del self._waiting[id(waiting.future)]
                     ended.append((waiting.job, _outcome(waiting.future)))
                 return ended + [(waiting.job, _timed_out(waiting)) for waiting in expired]
             if self._stopped and not self._waiting:
@@ -166,7 +173,7 @@ class Finisher(Generic[Job, Outcome]):
                 expired.append(waiting)
         for waiting in expired:
             waiting.ended = True
-            del self._waiting[id(waiting)]
+            del self._waiting[id(waiting.future)]
         return expired
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -176,3 +178,32 @@ def test_a_finisher_not_started_refuses_jobs(recorder: Recorder) -> None:
     finisher: Finisher[str, str] = Finisher(recorder, time_limit_s=30)
     with pytest.raises(RuntimeError, match="not running"):
         finisher.hand_over("a", Future())
+
+
+def test_an_ended_job_is_freed_at_once_not_left_to_the_cyclic_collector() -> None:
+    class Job:
+        """Holds its own future, as a worker's job does."""
+
+        def __init__(self) -> None:
+            self.future = Future[str]()
+
+    class Ends:
+        def __init__(self) -> None:
+            self.ended = threading.Event()
+
+        def __call__(self, jobs: Sequence[tuple[object, object]]) -> None:
+            self.ended.set()
+
+    ends = Ends()
+    gc.disable()
+    try:
+        with started(ends) as own:  # type: ignore[arg-type]
+            job = Job()
+            gone = weakref.ref(job)
+            own.hand_over(job, job.future)
+            job.future.set_result("rows")
+            assert ends.ended.wait(5) and own.drain(5)
+            del job
+            assert gone() is None, "the job is still referenced (a reference cycle)"
+    finally:
+        gc.enable()
