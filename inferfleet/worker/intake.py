@@ -126,8 +126,8 @@ def start_job(service: InferenceService, delivery: Delivery,
         if error is not None and not isinstance(error, redis.RedisError):
             logger.error("job %s failed unexpectedly", delivery.job_id, exc_info=error)
             try:  # every job must end: a bug still gets a result
-                result, error = service.fail(delivery.job_id, delivery.kwargs,
-                                             error), None  # type: ignore[arg-type]
+                result = service.fail(delivery.job_id, delivery.kwargs, error)
+                error = None
             except redis.RedisError as exc:
                 error = exc
         if error is not None:

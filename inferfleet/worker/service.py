@@ -1,16 +1,15 @@
 """The inference service of one worker process: model sessions, the batcher, the ledger.
 
-`begin` is everything one job does: parse, validate, join a batch; its end (the result
-composed, stored once and reported) is `worker.endings`', in this thread or, for a job
-whose batch has yet to run, in the finisher's (`worker.finisher`). It never raises for a
-bad job: every failure becomes a stored terminal result.
+`begin` is everything one job does: parse, validate, join a batch. Its end (the result
+composed, stored once and reported) is in `worker.endings`, run in the same thread or, for
+a job whose batch has yet to run, in the finisher's (`worker.finisher`). It never raises
+for a bad job: every failure becomes a stored terminal result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Hashable, Mapping
@@ -222,28 +221,6 @@ class InferenceService:
         log_end(result, delivery.kwargs)
         ended(result, None)
 
-    def handle(self, delivery: Delivery) -> WireResult | None:
-        """`begin`, returning once the job has ended: its stored result (None for a
-        message this process no longer holds).
-
-        Raises:
-            Exception: what kept the job from ending (`redis.RedisError`: its result could
-                not be stored).
-        """
-        over = threading.Event()
-        endings: list[tuple[WireResult | None, BaseException | None]] = []
-
-        def ended(result: WireResult | None, error: BaseException | None) -> None:
-            endings.append((result, error))
-            over.set()
-
-        self.begin(delivery, ended)
-        over.wait()
-        result, error = endings[0]
-        if error is not None:
-            raise error
-        return result
-
     def _handle(self, delivery: Delivery, ended: JobEnded) -> WireResult | None:
         """The job's stored result, or None once it is handed to the finisher."""
         job_id, kwargs = delivery.job_id, delivery.kwargs
@@ -289,7 +266,7 @@ class InferenceService:
             return False
         return True
 
-    def fail(self, job_id: str, kwargs: dict[str, Any], exc: Exception) -> WireResult:
+    def fail(self, job_id: str, kwargs: dict[str, Any], exc: BaseException) -> WireResult:
         """End a job that raised unexpectedly with an `internal_error` result (once).
 
         Raises:
