@@ -39,20 +39,30 @@ def round_trip(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
     for attempt in (1, 2):
         connection: Any = pool.get_connection()  # redis-py leaves its methods untyped
         try:
-            connection.send_packed_command(packed)
-            return [_reply(connection) for _ in commands]
-        except (redis.ConnectionError, OSError) as exc:
+            return _exchange(connection, packed, len(commands))
+        except redis.ConnectionError:
             connection.disconnect()
             if attempt == 2:
-                if isinstance(exc, redis.RedisError):
-                    raise
-                raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
+                raise
         except redis.TimeoutError:
             connection.disconnect()  # its replies may still come: never reuse it
             raise
         finally:
             pool.release(connection)
     raise AssertionError("unreachable")
+
+
+def _exchange(connection: Any, packed: list[bytes], replies: int) -> list[Any]:
+    """Send packed commands on `connection` and read one reply each.
+
+    Raises:
+        redis.ConnectionError (an OS error on the socket too), redis.TimeoutError.
+    """
+    try:
+        connection.send_packed_command(packed)
+        return [_reply(connection) for _ in range(replies)]
+    except OSError as exc:
+        raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
 
 
 def _reply(connection: Any) -> Any:
@@ -95,13 +105,10 @@ class Wire:
     def _round_trip(self, packed: list[bytes], replies: int) -> list[Any]:
         connection = self._connection()
         try:
-            connection.send_packed_command(packed)
-            return [_reply(connection) for _ in range(replies)]
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return _exchange(connection, packed, replies)
+        except (redis.ConnectionError, redis.TimeoutError):
             self.close()
-            if isinstance(exc, redis.RedisError):
-                raise
-            raise redis.ConnectionError(f"Redis connection failed: {exc}") from exc
+            raise
 
     def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)

@@ -144,8 +144,7 @@ class JobEndings:
             logger.warning("%d job(s): Redis failed (%s) storing their results",
                            len(jobs), exc)
             for job, _ in jobs:
-                self.in_flight.end(job.job_id)
-                _tell(job, None, exc)
+                self._not_stored(job, exc)
             return
         except Exception:
             logger.exception("storing %d results at once raised; storing each alone",
@@ -154,10 +153,7 @@ class JobEndings:
                 self._end_alone(job, result)
             return
         for (job, _), result, first in zip(jobs, results, firsts, strict=True):
-            self.stored(job.job_id, result, job.trace, first=first)
-            self.in_flight.end(job.job_id)
-            log_end(result, job.kwargs)
-            _tell(job, result, None)
+            self._ended(job, result, first=first)
 
     def _round_result(self, job: RunningJob,
                       outcome: BatchOutcome | BaseException) -> WireResult:
@@ -182,13 +178,21 @@ class JobEndings:
                 result = self.internal_failure(job.job_id, job.kwargs, exc)
                 first = self.store(result, job.kwargs)
         except redis.RedisError as exc:
-            self.in_flight.end(job.job_id)
-            _tell(job, None, exc)
+            self._not_stored(job, exc)
             return
+        self._ended(job, result, first=first)
+
+    def _ended(self, job: RunningJob, result: WireResult, *, first: bool) -> None:
+        """A handed-over job's result is stored: the rest of its end, its runner told."""
         self.stored(job.job_id, result, job.trace, first=first)
         self.in_flight.end(job.job_id)
         log_end(result, job.kwargs)
         _tell(job, result, None)
+
+    def _not_stored(self, job: RunningJob, error: redis.RedisError) -> None:
+        """A handed-over job's result could not be stored: its runner requeues it."""
+        self.in_flight.end(job.job_id)
+        _tell(job, None, error)
 
     def _write(self, pairs: list[tuple[WireResult, str | None]], write: Store) -> list[bool]:
         """`write(pairs)` (each result once: False if one was stored already), counted,
