@@ -10,6 +10,7 @@ ONNX Runtime releases the GIL while it computes.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import setup_logging, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 from celery.utils.nodenames import host_format
 
 from inferfleet import keys, logs
@@ -117,6 +118,7 @@ def run_worker(settings: Settings, *, models: list[str] | None = None,
         service.metrics.serve(settings.metrics_port,
                               not_ready=lambda: _not_ready(service, serving()))
     service.start()
+    worker_ready.connect(lambda **_: freeze_startup_objects(), weak=False)
     worker_shutdown.connect(lambda **_: service.stop(), weak=False)
     queues = [keys.DEFAULT_QUEUE, *(keys.model_queue(name) for name in served)]
     app.worker_main([
@@ -139,6 +141,23 @@ def _not_ready(service: InferenceService, serving: list[str]) -> str | None:
     except redis.RedisError as exc:
         return f"redis {mask_url(service.settings.redis_url)} does not answer: {exc}"
     return None
+
+
+def freeze_startup_objects() -> None:
+    """Keep the objects made while the worker started out of every later garbage
+    collection (`gc.freeze`), once it is ready to consume.
+
+    Celery, kombu, pydantic, ONNX Runtime's bindings and the models leave ~110,000
+    objects, all alive until the worker stops. Jobs make container objects fast enough
+    that the collector's oldest generation ran every few seconds, each pass walking all
+    of them: 5 passes of ~60 ms in a drain of 800,000 bulk samples, 11% of the worker's
+    CPU, every pass holding the GIL (a 60 ms stall for every job in flight). Frozen,
+    the same passes cost under 1 ms each.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.debug("froze %d objects made at start out of garbage collection",
+                 gc.get_freeze_count())
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

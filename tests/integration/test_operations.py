@@ -221,3 +221,6 @@ def test_json_logs_are_one_object_per_line_with_the_jobs_ids(
     assert mine[-1]["session_id"] == "logged" and mine[-1]["model"] == "digits"
     assert mine[-1]["batch_id"] == result.batch_ids[0]
     assert {"time", "level", "logger", "message"} <= set(records[0])
+    # Once ready, the worker froze what it made at start out of garbage collection.
+    assert any(r["message"].startswith("froze ") and r["logger"] == "inferfleet.worker"
+               for r in records), [r["message"] for r in records][:40]
