@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pybase64
+from pydantic import BaseModel
 
 from inferfleet.errors import ErrorCode, WireFormatError
 
@@ -170,3 +172,27 @@ def json_fallback(item: object) -> Any:
     if isinstance(item, bytes):
         return item.decode("utf-8", "replace")
     raise TypeError(f"{type(item).__name__} is not JSON serialisable")
+
+
+def wire_json(model: BaseModel) -> str:
+    """The JSON of a wire model (a `WireResult`): byte for byte what pydantic's
+    `model.model_dump_json(fallback=json_fallback)` writes (a property test holds them
+    equal), but written by orjson from the model's fields.
+
+    pydantic's serializer infers the type of every element of an `Any` column: for a
+    256-sample digits result, with its top-3 label lists, it took 92 us, orjson 23 us; a
+    one-sample result, 7.7 us against 1.4. Whatever orjson refuses (an integer beyond 64
+    bits, a lone surrogate) goes to pydantic, which decides as before.
+    """
+    try:
+        return orjson.dumps(model, default=_wire_default).decode()
+    except orjson.JSONEncodeError:
+        return model.model_dump_json(fallback=json_fallback)
+
+
+def _wire_default(item: object) -> Any:
+    """orjson's `default`: a nested model as its fields (in field order, as pydantic
+    writes them), else `json_fallback`."""
+    if isinstance(item, BaseModel):
+        return item.__dict__
+    return json_fallback(item)

@@ -22,7 +22,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from inferfleet import keys
-from inferfleet.codec import json_fallback
+from inferfleet.codec import wire_json
 from inferfleet.errors import ErrorCode, ResultTimeoutError
 from inferfleet.liveness import held_job_ids
 from inferfleet.schemas import ErrorInfo, JobState, JobStatus, SampleStatus, WireResult
@@ -184,10 +184,10 @@ def bucket_upper_ms(bucket: int) -> float:
 def celery_meta(result: WireResult) -> str:
     """The result as Celery's result backend stores a finished task's meta.
 
-    Built around pydantic's (compiled) JSON dump of the result: the result is most of the
+    Built around the result's own JSON (`codec.wire_json`): the result is most of the
     bytes, and dumping it to Python objects first cost ~10% of a worker's CPU.
     """
-    body = result.model_dump_json(fallback=json_fallback)
+    body = wire_json(result)
     return (f'{{"status": "SUCCESS", "result": {body}, "traceback": null, "children": [], '
             f'"date_done": {json.dumps(datetime.now(UTC).isoformat())}, '
             f'"task_id": {json.dumps(result.job_id)}}}')

@@ -8,10 +8,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from inferfleet.codec import WIRE_DTYPES, decode_array, decode_column, encode_array, encode_column
+from inferfleet.codec import (
+    WIRE_DTYPES,
+    decode_array,
+    decode_column,
+    encode_array,
+    encode_column,
+    json_fallback,
+    wire_json,
+)
 from inferfleet.errors import ErrorCode, WireFormatError
 from inferfleet.ledger import celery_meta
-from inferfleet.schemas import JobStatus, SampleStatus, WireResult
+from inferfleet.schemas import (
+    ErrorInfo,
+    JobStatus,
+    JobTimings,
+    SampleError,
+    SampleStatus,
+    WireResult,
+)
 
 
 @pytest.mark.parametrize("dtype", sorted(WIRE_DTYPES))
@@ -70,6 +85,46 @@ def test_non_numeric_columns_travel_as_json_lists() -> None:
     assert stored["status"] == "SUCCESS"
     assert stored["result"]["outputs"] == {"p": [{"0": 0.25, "1": 0.75}], "names": ["a"]}
     assert decode_column(["x"], what="c") == ["x"]
+
+
+# What a result's list columns may hold: JSON values, the numpy values and bytes a model's
+# outputs leave in them, and what orjson refuses (ints past 64 bits, numpy dict keys).
+_float = st.floats(allow_nan=True, allow_infinity=True)
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), _float, st.text(max_size=5),
+                  st.binary(max_size=4), _float.map(np.float32), st.integers(-99, 99).map(np.int64),
+                  hnp.arrays(np.float32, st.integers(0, 3)))
+_column_value = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 3).map(np.int64)), inner,
+                    max_size=3)), max_leaves=10)
+_wire_results = st.builds(
+    WireResult, job_id=st.text(min_size=1, max_size=8), model=st.text(max_size=8),
+    model_version=st.one_of(st.none(), st.text(max_size=4)),
+    session_id=st.one_of(st.none(), st.text(max_size=4)), status=st.sampled_from(JobStatus),
+    sample_ids=st.lists(st.text(max_size=4), max_size=4),
+    sample_status=st.lists(st.sampled_from(SampleStatus), max_size=4),
+    outputs=st.dictionaries(st.text(max_size=4), st.one_of(
+        _column_value, hnp.arrays(st.sampled_from(["float32", "int64", "uint8"]),
+                                  st.integers(0, 3)).map(encode_column)), max_size=3),
+    errors=st.lists(st.builds(SampleError, code=st.sampled_from(ErrorCode),
+                              message=st.text(max_size=8), index=st.integers(0, 9)), max_size=2),
+    error=st.one_of(st.none(), st.builds(ErrorInfo, code=st.sampled_from(ErrorCode),
+                                         message=st.text(max_size=8))),
+    latency_ms=st.one_of(st.none(), _float),
+    timings=st.builds(JobTimings, queued_ms=st.one_of(st.none(), _float)),
+    batch_ids=st.lists(st.text(max_size=4), max_size=2),
+    cache_hits=st.lists(st.integers(0, 9), max_size=2))
+
+
+@given(_wire_results)
+def test_a_results_json_is_what_pydantic_writes(result: WireResult) -> None:
+    try:
+        expected = result.model_dump_json(fallback=json_fallback)
+    except Exception as exc:  # what pydantic cannot write, neither may wire_json
+        with pytest.raises(type(exc)):
+            wire_json(result)
+        return
+    assert wire_json(result) == expected
 
 
 @given(hnp.arrays(dtype=st.sampled_from(sorted(WIRE_DTYPES)),
