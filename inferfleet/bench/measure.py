@@ -15,7 +15,6 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
-import orjson
 import psutil
 import redis
 
@@ -138,7 +137,7 @@ def collect(client: redis.Redis, task_ids: Sequence[str], *, timeout_s: float,
                 still.append(task_id)
             else:
                 seen[task_id] = now
-                failures += decode(_read_meta(value))
+                failures += decode(json.loads(value))
         landed = len(window) - len(still)
         window = still + list(islice(upcoming, landed))
         if landed > WINDOW // 4:
@@ -150,12 +149,3 @@ def collect(client: redis.Redis, task_ids: Sequence[str], *, timeout_s: float,
             pause_s = min(max_pause_s, pause_s * 2)
         time.sleep(pause_s)
     return seen, failures
-
-
-def _read_meta(raw: bytes | str) -> Any:
-    """A stored result meta, read as `Client` reads one (`ledger.payload_of`): by orjson,
-    or by the standard library where orjson refuses it (NaN in a Celery result)."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
