@@ -1,3 +1,5 @@
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,21 @@ def test_a_model_with_a_fixed_batch_axis_runs_its_samples_one_by_one(models_dir:
     assert model.signature.fixed_batch_size == 1
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(model.run({"x": x})["doubled"], x * 2)
+
+
+def test_a_model_let_go_is_freed_without_the_cyclic_collector(models_dir: Path) -> None:
+    # A worker freezes what it loaded at start out of garbage collection (gc.freeze): a
+    # model replaced by a new version must still be freed, by reference counting alone.
+    model = load(models_dir, "digits")
+    x = np.zeros((2, 64), dtype=np.float32)
+    outputs = postprocess(model.run({"pixels": x}), model.postprocess, model.signature.labels)
+    gone, session_gone = weakref.ref(model), weakref.ref(model.session)
+    gc.disable()
+    try:
+        del model, outputs
+        assert gone() is None and session_gone() is None
+    finally:
+        gc.enable()
 
 
 def test_a_bare_model_is_served_from_its_onnx_signature_alone(models_dir: Path) -> None:
