@@ -133,6 +133,25 @@ def test_a_taken_message_left_unacked_goes_back_to_its_queue_marked_redelivered(
         assert again[0].delivery_tag not in tags  # each take gives a fresh tag
 
 
+def test_what_a_take_brings_for_a_queue_no_longer_consumed_goes_back_uncounted(
+        connection: Connection, redis_server: EmbeddedRedis) -> None:
+    # A warm shutdown cancels the consumer while a take is in flight: what it pops
+    # arrives for a queue nobody consumes. Nothing ran it, so no delivery is counted.
+    _publish(connection, 2)
+    channel = connection.default_channel
+    with _consuming(connection, prefetch=2) as received:
+        del connection.transport._callbacks[QUEUE.name]  # the cancel, racing the take
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=1)
+        assert received == []
+        assert (channel.client.hlen("unacked"), channel.client.llen(QUEUE.name)) == (0, 2)
+    with Connection(redis_server.url, transport=TRANSPORT_PATH) as other_worker, \
+            _consuming(other_worker, prefetch=2) as again:
+        _drain_once(other_worker, again)
+        assert sorted(m.decode()["n"] for m in again) == [0, 1]
+        assert not any(m.delivery_info.get("redelivered") for m in again)
+
+
 def test_an_unacked_record_of_a_malformed_message_is_dead_lettered_not_restored(
         connection: Connection) -> None:
     # What a worker killed between a take and the dead-lettering of what it took leaves.
