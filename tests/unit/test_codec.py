@@ -117,7 +117,7 @@ _wire_results = st.builds(
     cache_hits=st.lists(st.integers(0, 9), max_size=2))
 
 
-def test_a_stored_meta_reads_back_also_where_orjson_refuses_it() -> None:
+def test_a_stored_meta_reads_back_with_nan_and_integers_past_64_bits() -> None:
     wire = WireResult(job_id="j", model="m", status=JobStatus.SUCCEEDED, sample_ids=["0"],
                       sample_status=[SampleStatus.SUCCESS], latency_ms=1.5)
     assert payload_of(celery_meta(wire)) == json.loads(wire.model_dump_json())
