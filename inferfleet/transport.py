@@ -43,7 +43,6 @@ from queue import Empty
 from typing import Any
 
 import redis
-from hiredis import pack_command
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -58,6 +57,7 @@ from inferfleet.take import (
     take_command,
     take_order,
 )
+from inferfleet.wire import packed
 
 logger = logging.getLogger(__name__)
 
@@ -258,9 +258,9 @@ class Channel(kombu_redis.Channel):
         self._acks_in_flight = len(commands) - 2
         connection = self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        # Packed by hiredis in C: redis-py's `pack_commands` passes each of the take's ~30
-        # arguments through its Python encoder first.
-        connection.send_packed_command([pack_command(tuple(command)) for command in commands])
+        # Packed by hiredis (`wire.packed`): redis-py's `pack_commands` passes each of the
+        # take's ~30 arguments through its Python encoder first.
+        connection.send_packed_command(packed(commands))
 
     #: Takes sent so far (they cycle through the priorities' turns: `take_order`).
     _takes = 0
