@@ -29,6 +29,8 @@
   `dead_lettered` result for the job they name), and the worker goes on.
 
 `_brpop_read` follows kombu 5.7's own; pyproject pins kombu below 5.8 for that reason.
+Every kombu method this module overrides and every private name it uses is listed in
+`inferfleet.upstream`, which a worker checks against the installed kombu as it starts.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from inferfleet import keys
+from inferfleet import keys, upstream
 from inferfleet.admission import Admitted, admit, job_id_of
 from inferfleet.ledger import dead_letter
 from inferfleet.liveness import TAKEN_AT, Heartbeats, give_back, new_holder_id
@@ -76,7 +78,7 @@ class Message(virtual.Message):
         decoded = payload.pop(_DECODED_BODY, None)
         super().__init__(payload, channel, **kwargs)
         if decoded is not None:
-            self._decoded_cache = decoded
+            upstream.set_decoded_body(self, decoded)
 
 
 class QoS(kombu_redis.QoS):
@@ -106,14 +108,13 @@ class QoS(kombu_redis.QoS):
         warm shutdown (SIGTERM) counts no delivery for what it never ran."""
         began = self.channel.job_began
         with self.channel.conn_or_acquire(client) as conn:
-            for tag, message in list((self._delivered or {}).items()):
+            for tag, message in list(upstream.delivered_unacked(self).items()):
                 if not self.channel.holds(tag):
                     continue  # being given back by the fleet already
                 ran = began is None or began(job_id_of(message.headers or {}))
                 if not give_back(conn, tag, redelivered=ran):  # not of the take's form
                     self.restore_by_tag(tag, client=conn)
-        if self._delivered is not None:
-            self._delivered.clear()
+        upstream.delivered_unacked(self).clear()
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         """kombu's restore, except that a record no message can be made of (the take
@@ -129,8 +130,7 @@ class QoS(kombu_redis.QoS):
                     logger.error("dead-lettered unacked record %s: %s", tag, exc)
                     dead_letter(conn, queue="", raw=record, job_id=None,
                                 reason=f"an unacked record the restore could not read: {exc}")
-                self._remove_from_indices(  # type: ignore[attr-defined]  # kombu internal
-                    tag, conn.pipeline()).execute()
+                upstream.forget_unacked(self, tag, conn.pipeline()).execute()
 
 
 class Channel(kombu_redis.Channel):
@@ -205,7 +205,7 @@ class Channel(kombu_redis.Channel):
 
     @cached_property
     def _shared_client(self) -> Any:
-        return self._create_client()  # type: ignore[attr-defined]
+        return upstream.new_client(self)
 
     @cached_property
     def _no_ack_queues(self) -> set[str]:
@@ -227,7 +227,7 @@ class Channel(kombu_redis.Channel):
             bell, 0, 255).expire(bell, 3600).execute()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        queues = upstream.queues_in_turn(self, len(self.active_queues))
         if not queues:
             return
         # Without a prefetch limit (a plain kombu consumer), one per take, as kombu does.
@@ -256,8 +256,8 @@ class Channel(kombu_redis.Channel):
         # that their replies cannot wake the event loop into a blocking read of the wait.
         commands = [wait, take, *self._ack_commands()]
         self._acks_in_flight = len(commands) - 2
-        connection = self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
+        connection = self.client.connection
+        upstream.take_sent(self, connection)
         # Packed by hiredis (`wire.packed`): redis-py's `pack_commands` passes each of the
         # take's ~30 arguments through its Python encoder first.
         connection.send_packed_command(packed(commands))
@@ -271,8 +271,7 @@ class Channel(kombu_redis.Channel):
         client's `priority=` puts a message, 0 first, as on any kombu Redis queue)."""
         if level != "normal":
             return [keys.priority_list(queue, level)]
-        return [self._q_for_pri(queue, pri)  # type: ignore[attr-defined]
-                for pri in self.priority_steps]
+        return [upstream.priority_list(self, queue, pri) for pri in self.priority_steps]
 
     def _ack_commands(self) -> list[list[Any]]:
         tags = []
@@ -320,7 +319,7 @@ class Channel(kombu_redis.Channel):
             taken_at = time.time()
             dest = bytes_to_str(dest)  # the queue, whichever of its lists the take popped
             priority = keys.list_priority(bytes_to_str(popped))[1]
-            self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]  # kombu internal
+            upstream.rotate_queues(self, dest)
             for raw_tag, item in zip(taken[::2], taken[1::2], strict=True):
                 tag = bytes_to_str(raw_tag) or None
                 message = self._usable(dest, item, tag)
@@ -334,16 +333,13 @@ class Channel(kombu_redis.Channel):
                     message["properties"][TAKEN_PRIORITY] = priority
                     self.recorded_by_take.add(tag)
                 try:
-                    self.connection._deliver(message, dest)
+                    upstream.deliver(self, message, dest)
                 finally:  # QoS.append saw it during the delivery, or never will
                     if tag is not None:
                         self.recorded_by_take.discard(tag)
             return True
         finally:
-            self._in_poll = None
-            flush = getattr(self, "_flush_brpop_reauth", None)
-            if flush is not None:
-                flush()
+            upstream.take_read(self)
 
     def _take_reply(self, **options: Any) -> Any:
         """The reply of the take sent by `_brpop_start` (after the wait's, before the
@@ -351,7 +347,7 @@ class Channel(kombu_redis.Channel):
         acks, self._acks_in_flight = self._acks_in_flight, 0
         try:
             _, reply, *_ = self._read_replies(["BRPOP", "EVAL", *["ACK"] * acks], **options)
-        except self.connection_errors:  # type: ignore[attr-defined]  # kombu internal
+        except self.connection_errors:  # type: ignore[attr-defined]  # set in kombu's __init__
             # Disconnect, so that the next iteration reconnects (as kombu does).
             self.client.connection.disconnect()
             raise

@@ -22,7 +22,7 @@ from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 from celery.utils.nodenames import host_format
 
-from inferfleet import keys, logs
+from inferfleet import keys, logs, upstream
 from inferfleet.celery_app import make_app
 from inferfleet.connections import redis_client
 from inferfleet.health import announce
@@ -49,9 +49,12 @@ def create_worker_app(settings: Settings) -> tuple[Celery, InferenceService]:
     """The Celery app with `inferfleet.predict` bound to a fresh `InferenceService`.
 
     Raises:
-        ConfigurationError: if the visibility timeout is shorter than the longest hold.
+        ConfigurationError: if the visibility timeout is shorter than the longest hold,
+            or the installed Celery or kombu lacks what the worker hooks into
+            (`upstream.check`).
     """
     settings.check_visibility_timeout()
+    upstream.check()
     app = make_app(settings)
     app.conf.worker_consumer = CONSUMER_PATH
     app.conf.worker_pool = POOL_PATH  # Celery's threads pool, see `worker.threads`

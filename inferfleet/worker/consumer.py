@@ -11,6 +11,9 @@ Celery's task handler lets any error other than a decode or invalid-task error o
 event loop, which ends the worker (`Unrecoverable error`). The transport admits only
 messages that follow the task-message contract (`inferfleet.admission`); should one still
 make Celery raise, it is dead-lettered with the error and acked, and the worker goes on.
+
+The Celery methods overridden here are listed, with every other internal the worker
+hooks into, in `inferfleet.upstream`.
 """
 
 from __future__ import annotations

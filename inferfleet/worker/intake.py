@@ -23,6 +23,9 @@ batch: `worker.finisher`):
 What it leaves out: Celery's `task_received` signal, and the job in `inspect active` and
 `inspect reserved` (the fleet's own `inferfleet status` and Flower's task list, which
 read the events and results, show it).
+
+The Celery hooks it relies on (the strategy's signature, the ack and reject promises,
+the revoked set) are listed in `inferfleet.upstream`.
 """
 
 from __future__ import annotations
@@ -37,10 +40,9 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.utils.functional import maybe_list
-from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok  # type: ignore[attr-defined]
 
-from inferfleet import keys
+from inferfleet import keys, upstream
 from inferfleet.ledger import sample_counts
 from inferfleet.schemas import WireResult
 from inferfleet.worker.delivery import Delivery
@@ -163,7 +165,7 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
     taken = service.taken
     pool = consumer.pool
     errors = tuple(consumer.connection_errors)
-    revoked = worker_state.revoked
+    revoked = upstream.revoked_job_ids()
     dispatcher = consumer.event_dispatcher
     send = dispatcher.send if dispatcher is not None and dispatcher.enabled and \
         task.send_events else None
@@ -255,5 +257,5 @@ def install_revoke_command() -> None:
     def revoke(_state: Any, task_id: Any, terminate: bool = False, signal: Any = None,
                **_: Any) -> dict[str, str]:
         task_ids = {str(one) for one in maybe_list(task_id) or []}
-        worker_state.revoked.update(task_ids)
+        upstream.revoked_job_ids().update(task_ids)
         return ok(f"tasks {task_ids} flagged as revoked")  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ A pool thread hands a job whose batch has not run to the service's finisher and 
 (`inferfleet.worker.finisher`): Celery's pool no longer sees that job. A warm shutdown
 stops the pool while the broker connection is still open, so that running jobs store
 their results and ack; this pool waits for the handed-over jobs there too.
+(`on_stop` is listed in `inferfleet.upstream`.)
 """
 
 from __future__ import annotations
