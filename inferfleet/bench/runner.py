@@ -103,6 +103,9 @@ class BenchResult:
 
     summaries: list[Summary] = field(default_factory=list)
     memory: MemoryReport | None = None
+    #: Per model, each round's fleet bulk rate over the raw best batch measured just
+    #: before it (`Bench._paired_bulk`).
+    paired_bulk: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, model: str, scenario: str, runs: list[Measurement], note: str = "") -> None:
         self.summaries.append(summarise(model, scenario, runs, note))
@@ -222,12 +225,47 @@ class Bench:
                                 scenarios.throughput, client, submit, rows, per_job=1,
                                 failures=scenarios.fleet_failures)))
             rows = self.rows(model, options.count(options.bulk_samples.get(model, 50_000)))
-            self.result.add(model, f"{name}: bulk ({size}/job)" if as_readme else
-                            f"fleet bulk ({size}/job)", self._repeat(partial(
-                                scenarios.bulk, client, model, rows, job_size=size)))
-            if not as_readme:
+            if as_readme:
+                self.result.add(model, f"{name}: bulk ({size}/job)", self._repeat(partial(
+                    scenarios.bulk, client, model, rows, job_size=size)))
+            else:
+                self._paired_bulk(model, client, rows)
                 self._latency_and_load(model, "fleet", client, submit, wait,
                                        scenarios.fleet_failures)
+
+    def _paired_bulk(self, model: str, client: Client, rows: Rows) -> None:
+        """Fleet bulk runs, each right after a raw run at every batch size: the ratio of
+        each round, so that both sides of it see the machine at the same speed.
+
+        On this machine the same code ran up to 1.76x slower from one full run to the
+        next, and the best of seven noisy raw medians measured minutes earlier drifted
+        up (86.5k samples/s at batch 32 against 71-74k at every other size): the
+        ratio moved more with the machine than with the fleet. The raw runs of a round
+        take place beside the fleet's idle workers; their CPU meanwhile is reported.
+        """
+        size = self.options.job_size(model)
+        path = str(self.settings.models_dir / model / "model.onnx")
+        raw_rows = self.rows(model, 2048 if model == CNN else 8192)
+        threads = max(1, (os.cpu_count() or 1))
+        bulk_runs, raw_runs, ratios, idle_shares = [], [], [], []
+        for _ in range(self.options.repeat):
+            meter = CpuMeter(self.redis_pid, self._worker_pids)
+            meter.start()
+            started = time.perf_counter()
+            best = max((scenarios.raw(path, raw_rows, batch=batch, threads=threads)
+                        for batch in RAW_BATCHES), key=lambda m: m.rate)
+            idle_shares.append(meter.stop()["workers"] / (time.perf_counter() - started))
+            raw_runs.append(best)
+            bulk_runs.append(self._measured(partial(
+                scenarios.bulk, client, model, rows, job_size=size)))
+            ratios.append(bulk_runs[-1].rate / best.rate)
+        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        self.result.add(model, f"fleet bulk ({size}/job)", bulk_runs,
+                        note=f"(each run right after a raw round: {each} of its raw best)")
+        self.result.add(model, "raw best batch, in rounds beside the fleet", raw_runs,
+                        note=f"(the idle fleet's workers meanwhile: "
+                             f"{max(idle_shares):.1%} of a core at most)")
+        self.result.paired_bulk[model] = ratios
 
     def _latency_and_load(self, model: str, name: str, client: Client,
                           submit: scenarios.Submit, wait: scenarios.Wait,

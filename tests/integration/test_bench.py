@@ -26,12 +26,15 @@ def test_the_benchmark_runs_every_scenario_and_writes_its_table_and_plot(tmp_pat
                      "fleet as the README starts it: single-sample jobs",
                      "fleet as the README starts it: bulk (256/job)", "| cnn | raw batch 8 |",
                      "| cnn | fleet bulk (64/job) |", "transport ceiling (64/message)",
+                     "| cnn | raw best batch, in rounds beside the fleet |",
                      "CPU us/sample: Redis | workers | producer"):
         assert scenario in text, scenario
     assert "light-load p50 fleet / naive" in text
     for target in ("cnn: bulk / raw best batch", "digits: bulk / transport ceiling",
                    "digits: single-sample jobs / naive", "digits: light-load p99 of the fleet"):
         assert target in text, target
+    # Each bulk run is set against raw runs made just before it, in the same minute.
+    assert "median of 1 round(s), raw measured in each just before the fleet" in text
     assert "a submit with wait_replicas=1 (Redis WAIT, one replica) costs" in text
     assert "a `high` single-sample job behind a" in text
     assert "the result cache with half the samples repeated" in text
