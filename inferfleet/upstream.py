@@ -161,6 +161,11 @@ RELIANCES: tuple[Reliance, ...] = (
     Reliance(f"{_KOMBU_REDIS}:Transport.Channel", "transport.Transport replaces it"),
     Reliance(f"{_KOMBU_REDIS}:SentinelTransport.Channel",
              "transport.SentinelTransport replaces it"),
+    # kombu's event loop: a timer that wakes it (a held take, a timed event flush).
+    Reliance("kombu.asynchronous:get_event_loop", "transport.Channel finds the worker's "
+             "event loop with it", ()),
+    Reliance("kombu.asynchronous.hub:Hub.call_later", "transport.Channel and "
+             "worker.consumer set timers with it", ("self", "delay", "callback")),
     # Celery's consumer: task events in batches, and no message that stops it.
     Reliance(f"{_CONSUMER}.update_strategies", "worker.consumer overrides it", ("self",)),
     Reliance(f"{_CONSUMER}.create_task_handler", "worker.consumer overrides it", ("self",)),

@@ -5,16 +5,19 @@ acks go to Redis with the next take, or at close, never lost."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+from kombu.asynchronous import Hub, set_event_loop
 
 from inferfleet import keys
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.liveness import Heartbeats
+from inferfleet.take import TakeLinger
 from inferfleet.transport import TRANSPORT_PATH
 
 QUEUE = Queue("transport-test", Exchange("transport-test", type="direct"),
@@ -188,3 +191,37 @@ def test_a_channel_closed_while_redis_is_down_stops_beating_for_its_holder(
         server.stop()
         with contextlib.suppress(Exception):
             connection.release()
+
+
+def test_a_take_that_emptied_a_busy_queue_is_held_and_then_brings_what_came_meanwhile(
+        connection: Connection) -> None:
+    """`TakeLinger` in kombu's event loop (the worker's): the hold ends by the loop's own
+    timer, and the messages pushed during it come in one take. (A hold of 0.3 s, and a
+    stream any two takes qualify as, so that nothing races the clock.)"""
+    channel = connection.default_channel
+    channel.linger = TakeLinger(most_s=0.3, expected=1e-6)
+    hub = Hub()
+    set_event_loop(hub)
+    try:
+        connection.register_with_event_loop(hub)
+        with _consuming(connection, prefetch=16) as received:
+            for n in (1, 2):  # two takes of one message each: a stream, the queue emptied
+                _publish(connection, 1)
+                _run_until(hub, lambda n=n: len(received) == n)
+            held_from = time.monotonic()
+            _publish(connection, 3)
+            _run_until(hub, lambda: len(received) == 5)
+            waited = time.monotonic() - held_from
+        tags = [m.delivery_tag.rpartition(".")[0] for m in received[2:]]
+        assert len(set(tags)) == 1, tags  # one take brought all three
+        assert 0.25 <= waited < 0.9, waited  # without the loop's timer it took over 1 s
+    finally:
+        set_event_loop(None)
+        hub.close()
+
+
+def _run_until(hub: Hub, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "the event loop delivered nothing in time"
+        hub.run_once()
