@@ -174,6 +174,12 @@ RELIANCES: tuple[Reliance, ...] = (
              evidence=(f"{_CONSUMER}.create_task_handler", "message.ack_log_error")),
     Reliance(f"{_CONSUMER}._flush_events", "worker.consumer overrides and calls it",
              ("self",)),
+    Reliance(f"{_CONSUMER}.on_send_event_buffered", "worker.consumer overrides it "
+             "(the dispatcher calls it for each event buffered)", ("self",)),
+    Reliance("celery.events.dispatcher:EventDispatcher.send", "worker.consumer relies on "
+             "it calling on_send_buffered after buffering an event",
+             evidence=("celery.events.dispatcher:EventDispatcher.send",
+                       "self.on_send_buffered()")),
     Reliance(f"{_CONSUMER}.stop", "worker.consumer overrides it", ("self",)),
     Reliance(f"{_CONSUMER}.shutdown", "worker.consumer overrides it", ("self",)),
     Reliance(f"{_CONSUMER}.hub", "worker.consumer reads it",

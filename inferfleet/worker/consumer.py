@@ -72,6 +72,19 @@ class Consumer(CeleryConsumer):
 
         return on_task_received
 
+    def on_send_event_buffered(self) -> None:  # type: ignore[override]  # stubs: Callable
+        """Called in whichever thread buffered an event (pool and finisher threads
+        mostly): Celery wakes the event loop to flush. With a timed flush still to come,
+        the event waits for it without the wake-up, a loop turn each.
+
+        No event is left behind: the timer clears `_timed_flush_due` before it flushes,
+        so an event buffered after the flush took its copy sees no timer, and wakes the
+        loop as Celery would; so does one buffered after a timer was lost (its time
+        passed unfired: the hub was reset with the connection)."""
+        if self._timed_flush_due > time.monotonic():
+            return
+        super().on_send_event_buffered()
+
     def _flush_events(self) -> None:
         # Runs in the event loop's thread (the hub's ready set or its timer).
         now = time.monotonic()
