@@ -54,3 +54,29 @@ def test_the_backlog_hint_does_not_count_a_job_this_worker_took_after_reading_it
     backlog.refresh()  # a read counts every level
     assert backlog(("digits",)) == 2  # the read still sees the first: nothing took it
     client.close()
+
+
+def test_queues_found_empty_are_read_again_only_after_a_while(
+        private_settings: Settings) -> None:
+    """Every lone job's batch asks for a read; while the last one found the queues
+    empty, the next comes `EMPTY_REFRESH_S` later, not a round trip per job."""
+    delays: list[float] = []
+
+    class RecordingHousekeeping(Housekeeping):
+        def ask(self, name: str, *, delay_s: float = 0.0) -> None:
+            delays.append(delay_s)
+            super().ask(name, delay_s=delay_s)
+
+    client = redis.Redis.from_url(private_settings.redis_url)
+    queue = keys.model_queue("digits")
+    client.delete(*keys.queue_lists(queue))
+    backlog = QueueBacklog(client, RecordingHousekeeping(), taken_not_begun=lambda _q: 0)
+    assert backlog(("digits",)) == 0  # never read: the first read may wait too
+    backlog.refresh()
+    assert backlog(("digits",)) == 0  # read, empty
+    client.lpush(queue, b"a job")
+    backlog.refresh()
+    assert backlog(("digits",)) == 1  # read, one waiting: read again as soon as allowed
+    assert delays == [QueueBacklog.EMPTY_REFRESH_S, QueueBacklog.EMPTY_REFRESH_S, 0.0]
+    client.delete(queue)
+    client.close()
