@@ -256,9 +256,11 @@ class Channel(kombu_redis.Channel):
             hub.call_later(wait_s, _linger_over)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        queues = upstream.queues_in_turn(self, len(self.active_queues))
-        if not queues or time.monotonic() < self._linger_until:
+        if time.monotonic() < self._linger_until:
             return  # held: the event loop's timer brings it back here (`_took`)
+        queues = upstream.queues_in_turn(self, len(self.active_queues))
+        if not queues:
+            return
         # Without a prefetch limit (a plain kombu consumer), one per take, as kombu does.
         room = self.qos.can_consume_max_estimate() or 1
         if self.take_budget is not None:
@@ -339,9 +341,9 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             reply = self._take_reply(**options)
-            if reply == b"lapsed":
-                self._renew_holder()
             if not reply or reply == b"lapsed":
+                if reply == b"lapsed":
+                    self._renew_holder()
                 self._took(0)
                 raise Empty()
             dest, popped, *taken = reply
