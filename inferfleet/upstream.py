@@ -54,8 +54,10 @@ class Reliance:
             where, text = self.evidence
             try:
                 source = inspect.getsource(_resolve(where))
-            except (ImportError, AttributeError, OSError, TypeError) as exc:
+            except (ImportError, AttributeError) as exc:
                 return f"{where} is gone ({exc}), which shows {self.target}"
+            except (OSError, TypeError):  # no source installed (a frozen build): unknown
+                return None
             return None if text in source else f"{where} no longer mentions {text!r}"
         try:
             found = _resolve(self.target)

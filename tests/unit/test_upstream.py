@@ -47,6 +47,9 @@ def test_a_version_lacking_a_hook_is_refused_naming_each_and_what_to_do() -> Non
         Reliance("kombu.transport.nonesuch:Channel", "a module gone"),
         Reliance("kombu.transport.redis:Channel._q_for_pri", "still there",
                  ("self", "queue", "pri")),
+        # No source to read (a frozen build; here a C function): unknown, not refused.
+        Reliance("kombu.transport.redis:Channel._queue_cycle", "source not installed",
+                 evidence=("time:monotonic", "self._queue_cycle")),
     )
     with pytest.raises(ConfigurationError) as raised:
         upstream.check(broken)
@@ -58,7 +61,7 @@ def test_a_version_lacking_a_hook_is_refused_naming_each_and_what_to_do() -> Non
     assert "no longer mentions 'self._queue_order'" in message
     assert "nonesuch" in message
     assert "(inferfleet: a module gone)" in message
-    assert "still there" not in message
+    assert "still there" not in message and "source not installed" not in message
     assert "inferfleet/upstream.py" in message and "pip install -e ." in message
     assert "kombu<5.8,>=5.7" in message  # the pin pyproject.toml gives the package
 
