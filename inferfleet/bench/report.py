@@ -69,17 +69,14 @@ def _bulk_target(result: BenchResult, model: str, goal: float) -> list[Target]:
     """Bulk over raw best batch: the median of the rounds' ratios, each fleet run against
     the raw runs just before it (the machine's speed drifts between a run's scenarios),
     with the ratio of the medians measured apart beside it."""
-    best = _rate(result, model, r"raw batch \d+")
-    bulk = _rate(result, model, r"fleet bulk \(.*")
     rounds = result.paired_bulk.get(model)
-    if rounds:
-        return [Target(f"{model}: bulk / raw best batch", float(np.median(rounds)), goal,
-                       detail=f"median of {len(rounds)} round(s), raw measured in each just "
-                              f"before the fleet ({', '.join(f'{r:.2f}' for r in rounds)}); "
-                              f"the medians measured apart give {bulk / best:.2f}")]
-    if math.isnan(best * bulk):
+    if not rounds:
         return []
-    return [Target(f"{model}: bulk / raw best batch", bulk / best, goal)]
+    apart = _rate(result, model, r"fleet bulk \(.*") / _rate(result, model, r"raw batch \d+")
+    return [Target(f"{model}: bulk / raw best batch", float(np.median(rounds)), goal,
+                   detail=f"median of {len(rounds)} round(s), raw measured in each just "
+                          f"before the fleet ({', '.join(f'{r:.2f}' for r in rounds)}); "
+                          f"the medians measured apart give {apart:.2f}")]
 
 
 def _light_load_targets(result: BenchResult, model: str) -> list[Target]:

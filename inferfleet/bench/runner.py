@@ -185,13 +185,17 @@ class Bench:
         return self._serving(fleet_workers(self.settings, model, workers=self.options.workers,
                                            log_dir=self.work_dir, as_readme=as_readme))
 
-    def _raw(self, model: str) -> None:
+    def _raw_at(self, model: str) -> Callable[[int], Measurement]:
+        """Raw ONNX Runtime on `model` at a given batch size, on every core."""
         path = str(self.settings.models_dir / model / "model.onnx")
         threads = max(1, (os.cpu_count() or 1))
         rows = self.rows(model, 2048 if model == CNN else 8192)
+        return lambda batch: scenarios.raw(path, rows, batch=batch, threads=threads)
+
+    def _raw(self, model: str) -> None:
+        raw_at = self._raw_at(model)
         for batch in RAW_BATCHES:
-            self.result.add(model, f"raw batch {batch}", self._repeat(partial(
-                scenarios.raw, path, rows, batch=batch, threads=threads)))
+            self.result.add(model, f"raw batch {batch}", self._repeat(partial(raw_at, batch)))
 
     def _naive(self, model: str) -> None:
         path = str(self.settings.models_dir / model / "model.onnx")
@@ -244,16 +248,13 @@ class Bench:
         take place beside the fleet's idle workers; their CPU meanwhile is reported.
         """
         size = self.options.job_size(model)
-        path = str(self.settings.models_dir / model / "model.onnx")
-        raw_rows = self.rows(model, 2048 if model == CNN else 8192)
-        threads = max(1, (os.cpu_count() or 1))
+        raw_at = self._raw_at(model)
         bulk_runs, raw_runs, ratios, idle_shares = [], [], [], []
         for _ in range(self.options.repeat):
             meter = CpuMeter(self.redis_pid, self._worker_pids)
             meter.start()
             started = time.perf_counter()
-            best = max((scenarios.raw(path, raw_rows, batch=batch, threads=threads)
-                        for batch in RAW_BATCHES), key=lambda m: m.rate)
+            best = max(map(raw_at, RAW_BATCHES), key=lambda m: m.rate)
             idle_shares.append(meter.stop()["workers"] / (time.perf_counter() - started))
             raw_runs.append(best)
             bulk_runs.append(self._measured(partial(
