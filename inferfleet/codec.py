@@ -2,6 +2,9 @@
 
     {"dtype": "float32", "shape": [2, 64], "data": "<base64>"}
 
+A big job's arrays say `"bytes_at"` instead: their raw bytes are kept beside the message
+(`inferfleet.stored_inputs`), and the worker puts a view of them in `"data"` before decoding.
+
 Clients that cannot produce raw bytes may send `"values"` (nested JSON lists) instead of
 `"data"`; the array must still match the declared dtype and shape. Columns that are not
 numeric tensors (string labels, skl2onnx ZipMap dictionaries) travel as plain JSON lists.
@@ -47,8 +50,9 @@ def _wire_name(dtype: np.dtype[Any]) -> str | None:
     return name
 
 
-def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
-    """The wire form of a numeric array.
+def little_endian(array: npt.NDArray[Any]) -> tuple[str, npt.NDArray[Any]]:
+    """The wire name of the array's dtype, and the array as the wire holds its bytes
+    (little-endian, C order; no copy when it is so already).
 
     Raises:
         WireFormatError: if the dtype has no wire form (strings, objects, complex).
@@ -57,7 +61,16 @@ def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
     if name is None:
         raise WireFormatError(f"dtype {array.dtype.name!r} cannot travel as an array; use "
                               f"one of {sorted(WIRE_DTYPES)}", code=ErrorCode.BAD_DTYPE)
-    little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+    return name, array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+
+
+def encode_array(array: npt.NDArray[Any]) -> EncodedArray:
+    """The wire form of a numeric array, its bytes inline (base64).
+
+    Raises:
+        WireFormatError: if the dtype has no wire form (strings, objects, complex).
+    """
+    name, little = little_endian(array)
     return {
         "dtype": name,
         "shape": list(array.shape),
@@ -101,21 +114,29 @@ def _wire_shape(value: object, what: str) -> tuple[int, ...]:
 def _from_base64(
     data: object, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
 ) -> npt.NDArray[Any]:
-    if not isinstance(data, str):
+    """The array of base64 `data`, or of raw bytes already read (a view of a job's input
+    string, `inferfleet.stored_inputs`: JSON never holds bytes)."""
+    if isinstance(data, bytes | memoryview):
+        raw: bytes | memoryview = data
+    elif not isinstance(data, str):
         raise WireFormatError(f"{what}.data must be a base64 string, got {type(data).__name__}")
-    try:
-        raw = pybase64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise WireFormatError(f"{what}.data is not valid base64 (the standard alphabet, "
-                              f"'='-padded to a multiple of 4 characters): {exc}") from exc
+    else:
+        try:
+            raw = pybase64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise WireFormatError(f"{what}.data is not valid base64 (the standard alphabet, "
+                                  f"'='-padded to a multiple of 4 characters): {exc}") from exc
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise WireFormatError(
             f"{what}.data holds {len(raw)} bytes, but dtype {dtype.name} and shape "
             f"{list(shape)} need {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="),
-                                                                 copy=False)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="),
+                                                                  copy=False)
+    # A view at an offset no multiple of the itemsize (a foreign input string's): copied
+    # once, so that nothing downstream reads unaligned elements.
+    return array if array.flags.aligned else array.copy()
 
 
 def _from_values(

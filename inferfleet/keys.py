@@ -100,6 +100,12 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def job_inputs(job_id: str) -> str:
+    """The raw bytes of a big job's input arrays, kept beside its message
+    (`inferfleet.stored_inputs`) until its result is stored."""
+    return f"{PREFIX}:inputs:{job_id}"
+
+
 #: Prefix of the lists producers name in a job's `notify` field; the worker pushes the job
 #: id there once its result is stored. Other keys are refused, so a message cannot make a
 #: worker write where it likes.

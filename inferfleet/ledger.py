@@ -40,11 +40,12 @@ RESULT_TTL_FOR_DEAD_S = 86_400
 _TERMINAL = {status.value for status in JobStatus}
 
 # KEYS: result, doorbell, job, notify list (or ''), session stats (or ''), session stream,
-# deadlines.
+# deadlines, the job's input string (`stored_inputs`: deleted, the job needs it no more).
 # ARGV: meta JSON, ttl, status, finished_at, job id, model, samples by status (success,
 # failure, expired), latency bucket (or ''), stream length bound, samples from the cache.
 # A refused write is counted in the job's record (`refused_writes`): a duplicate computed.
 _STORE_ONCE = """
+redis.call('DEL', KEYS[8])
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('HINCRBY', KEYS[3], 'refused_writes', 1)
   redis.call('EXPIRE', KEYS[3], ARGV[2])
@@ -82,21 +83,22 @@ return 1
 """
 
 # KEYS: the queue's list of the jobs' priority, session stats, deadlines, the queue's bell,
-# its two other priorities' lists, then one job record per message. ARGV: limit (0: none),
-# ttl, model, session id ('' for none), submitted_at, deadline_at ('' for none), then per
-# message its job id, sample count, envelope and fingerprint ('' for a job id the client
-# made). A message whose caller-given job id has a record with the same fingerprint is not
-# pushed again (returned in the duplicates); one with another fingerprint, or a record
-# made without one, refuses the lot ({2, index}). Refuses the lot if the queue (its three
-# lists) has no room ({0, queued}). Rings the bell once per message (up to 32: enough to
-# wake every idle worker of a machine), keeping at most 256 rings.
+# its two other priorities' lists, then per message its job record and its input string's
+# key. ARGV: limit (0: none), ttl, model, session id ('' for none), submitted_at,
+# deadline_at ('' for none), then per message its job id, sample count, envelope,
+# fingerprint ('' for a job id the client made) and input string ('' for none:
+# `stored_inputs`). A message whose caller-given job id has a record with the same
+# fingerprint is not pushed again (returned in the duplicates); one with another
+# fingerprint, or a record made without one, refuses the lot ({2, index}). Refuses the lot
+# if the queue (its three lists) has no room ({0, queued}). Rings the bell once per message
+# (up to 32: enough to wake every idle worker of a machine), keeping at most 256 rings.
 _ENQUEUE = """
-local n = #KEYS - 6
+local n = (#KEYS - 6) / 2
 local duplicate, fresh = {}, 0
 for i = 1, n do
-  local fingerprint = ARGV[6 + 4 * i]
-  if fingerprint ~= '' and redis.call('EXISTS', KEYS[6 + i]) == 1 then
-    if redis.call('HGET', KEYS[6 + i], 'fingerprint') ~= fingerprint then return {2, i} end
+  local fingerprint = ARGV[5 + 5 * i]
+  if fingerprint ~= '' and redis.call('EXISTS', KEYS[5 + 2 * i]) == 1 then
+    if redis.call('HGET', KEYS[5 + 2 * i], 'fingerprint') ~= fingerprint then return {2, i} end
     duplicate[i] = true
   else
     fresh = fresh + 1
@@ -109,14 +111,17 @@ if limit > 0 and queued + fresh > limit then return {0, queued} end
 local total = 0
 for i = 1, n do
   if not duplicate[i] then
-    local job_id, samples = ARGV[3 + 4 * i], ARGV[4 + 4 * i]
-    redis.call('HSET', KEYS[6 + i], 'state', 'queued', 'model', ARGV[3], 'session_id',
+    local record, job_id, samples = KEYS[5 + 2 * i], ARGV[2 + 5 * i], ARGV[3 + 5 * i]
+    redis.call('HSET', record, 'state', 'queued', 'model', ARGV[3], 'session_id',
                ARGV[4], 'samples', samples, 'submitted_at', ARGV[5])
-    if ARGV[6 + 4 * i] ~= '' then
-      redis.call('HSET', KEYS[6 + i], 'fingerprint', ARGV[6 + 4 * i])
+    if ARGV[5 + 5 * i] ~= '' then
+      redis.call('HSET', record, 'fingerprint', ARGV[5 + 5 * i])
     end
-    redis.call('EXPIRE', KEYS[6 + i], ARGV[2])
-    redis.call('LPUSH', KEYS[1], ARGV[5 + 4 * i])
+    redis.call('EXPIRE', record, ARGV[2])
+    if ARGV[6 + 5 * i] ~= '' then
+      redis.call('SET', KEYS[6 + 2 * i], ARGV[6 + 5 * i], 'EX', ARGV[2])
+    end
+    redis.call('LPUSH', KEYS[1], ARGV[4 + 5 * i])
     if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], job_id) end
     total = total + samples
   end
@@ -201,7 +206,8 @@ def _store_once_call(result: WireResult, notify: str | None, *, ttl_s: int, now:
     return (
         [keys.result(result.job_id), keys.doorbell(result.job_id), keys.job(result.job_id),
          notify or "", keys.session_stats(session) if session else "",
-         keys.session_stream(session) if session else "", keys.DEADLINES],
+         keys.session_stream(session) if session else "", keys.DEADLINES,
+         keys.job_inputs(result.job_id)],
         [celery_meta(result), ttl_s, result.status.value, now, result.job_id, result.model,
          counts["success"], counts["failure"], counts["expired"],
          "" if result.latency_ms is None else latency_bucket(result.latency_ms),
@@ -240,6 +246,8 @@ class QueuedJob:
     envelope: bytes
     #: For a job id the caller gave: what makes a submit the same one (see `fingerprint`).
     fingerprint: str = ""
+    #: The raw bytes of its arrays, kept beside the message (`inferfleet.stored_inputs`).
+    inputs_string: bytes | None = None
 
 
 class Ledger:
@@ -275,12 +283,15 @@ class Ledger:
         session_key = keys.session_stats(session_id) if session_id else keys.session_stats("-")
         args: list[Any] = [limit, self.ttl_s, model, session_id or "", submitted_at,
                            "" if deadline_at is None else deadline_at]
+        per_job: list[str] = []
         for job in jobs:
-            args += [job.job_id, job.samples, job.envelope, job.fingerprint]
+            args += [job.job_id, job.samples, job.envelope, job.fingerprint,
+                     job.inputs_string or ""]
+            per_job += [keys.job(job.job_id), keys.job_inputs(job.job_id)]
         others = [key for key in keys.queue_lists(queue)
                   if key != keys.priority_list(queue, priority)]
         call_keys = [keys.priority_list(queue, priority), session_key, keys.DEADLINES,
-                     keys.queue_bell(queue), *others, *(keys.job(job.job_id) for job in jobs)]
+                     keys.queue_bell(queue), *others, *per_job]
         extra = [("WAIT", wait_replicas, wait_timeout_ms)] if wait_replicas else []
         (outcome, *waited) = self._eval_many(self._enqueue, [(call_keys, args)], extra=extra)
         accepted, queued, *duplicates = (int(value) for value in outcome)

@@ -33,11 +33,11 @@ from inferfleet.bench.cnn import build_cnn, cnn_rows
 from inferfleet.bench.fleets import fleet_workers, naive_worker
 from inferfleet.bench.measure import CpuMeter, Measurement, Summary, summarise
 from inferfleet.bench.naive import make_naive_app
-from inferfleet.codec import encode_array
 from inferfleet.embedded import EmbeddedRedis
 from inferfleet.errors import ServerError
 from inferfleet.fleet import Process
 from inferfleet.producer import Client
+from inferfleet.producer.inputs import encode_inputs
 from inferfleet.producer.publish import task_envelope
 from inferfleet.settings import Settings
 
@@ -338,13 +338,15 @@ class Bench:
         """The bulk job's very message bytes through the same Redis with a bare loop."""
         size = self.options.job_size(model)
         rows = self.rows(model, size)
+        inputs, inputs_string = encode_inputs({None: rows}, 0, size)
         envelope = task_envelope("ceiling", keys.model_queue(model), {
-            "v": 1, "model": model, "inputs": encode_array(rows)}, "{}")
+            "v": 1, "model": model, "inputs": inputs}, "{}")
         messages = self.options.count(self.options.bulk_samples.get(model, 50_000)) // size
         client = redis.Redis.from_url(self.settings.redis_url)
         try:
             self.result.add(model, f"transport ceiling ({size}/message)", self._repeat(partial(
-                scenarios.transport_ceiling, client, envelope, rows_per_message=size,
+                scenarios.transport_ceiling, client, envelope, inputs_string,
+                rows_per_message=size,
                 messages=max(2, messages))))
         finally:
             client.close()

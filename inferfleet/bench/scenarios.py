@@ -127,19 +127,27 @@ def with_repeats(rows: Rows, repeated: float, rng: np.random.Generator) -> Rows:
     return np.concatenate([fresh[:new], fresh[rng.integers(0, new, len(rows) - new)]])
 
 
-def transport_ceiling(client: redis.Redis, envelope: bytes, *, rows_per_message: int,
-                      messages: int, per_round: int = 16) -> Measurement:
-    """The physical limit of the broker for these bytes: the same message pushed and
+def transport_ceiling(client: redis.Redis, envelope: bytes, inputs_string: bytes | None, *,
+                      rows_per_message: int, messages: int, per_round: int = 16
+                      ) -> Measurement:
+    """The physical limit of the broker for these bytes: the same message (and input
+    string, for a job that keeps its arrays apart: `inferfleet.stored_inputs`) pushed and
     popped through the same Redis by a bare redis-py loop, `per_round` messages a round
-    trip (LPUSH, then RPOP of as many), with no inference, no decoding, no result."""
+    trip (LPUSH and an MSET, then RPOP of as many and GETDELs), with no inference, no
+    decoding, no result."""
     queue = "bench:transport-ceiling"
+    strings = [f"bench:transport-ceiling:{index}" for index in range(per_round)]
     started = time.perf_counter()
     done = 0
     while done < messages:
         count = min(per_round, messages - done)
         pipe = client.pipeline(transaction=False)
         pipe.lpush(queue, *[envelope] * count)
+        if inputs_string is not None:
+            pipe.mset(dict.fromkeys(strings[:count], inputs_string))
         pipe.rpop(queue, count)
+        for key in strings[:count] if inputs_string is not None else []:
+            pipe.getdel(key)
         pipe.execute()
         done += count
     return Measurement(done * rows_per_message, time.perf_counter() - started)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -52,7 +52,7 @@ from inferfleet.schemas import (
 from inferfleet.sessions import Subscription, check_session_id
 from inferfleet.settings import Settings, load_settings
 from inferfleet.tracing import SubmitTracer
-from inferfleet.validation import Limits
+from inferfleet.validation import Limits, SampleColumn
 from inferfleet.wire import Wire
 
 P = ParamSpec("P")
@@ -315,17 +315,24 @@ class Client:
                   "deadline_at": deadline_at, **({} if cache is None else {"cache": cache})}
         jobs: list[Job] = []
         for chunk_start, chunk_stop in chunks(total, size):
-            messages = [
-                Message(job_id or str(uuid.uuid4()), {
-                    **common, "inputs": encode_inputs(columns, start, min(start + size, total)),
-                    "sample_ids": None if ids is None else ids[start:start + size]},
-                    min(start + size, total) - start, given_id=job_id is not None)
-                for start in range(chunk_start, chunk_stop, size)]
+            messages = [self._message(job_id, common, columns, ids, start,
+                                      min(start + size, total))
+                        for start in range(chunk_start, chunk_stop, size)]
             self._publish(model, session_id, messages, _Enqueueing(
                 submitted_at, deadline_at, wait_for_room_s, priority), jobs)
             jobs += [Job(m.job_id, model, m.samples, session_id, self, deadline_at)
                      for m in messages]
         return jobs
+
+    @staticmethod
+    def _message(job_id: str | None, common: dict[str, Any],
+                 columns: Mapping[str | None, SampleColumn], ids: list[str] | None,
+                 start: int, stop: int) -> Message:
+        """The message of the job of samples [start, stop)."""
+        inputs, string = encode_inputs(columns, start, stop)
+        return Message(job_id or str(uuid.uuid4()), {
+            **common, "inputs": inputs, "sample_ids": None if ids is None else ids[start:stop]},
+            stop - start, given_id=job_id is not None, inputs_string=string)
 
     def _checked_deadline_s(self, deadline_s: float | None) -> float:
         """The job's deadline from now: the one given, else `default_deadline_s`.
@@ -365,9 +372,11 @@ class Client:
         session = f", session: {session_id!r}" if session_id else ""
         queued_jobs = [QueuedJob(m.job_id, m.samples, task_envelope(
             m.job_id, queue, m.kwargs, f"{{model: {model!r}{session}, samples: {m.samples}}}",
-            shadow=shown_name(model), trace_headers=headers), m.fingerprint())
+            shadow=shown_name(model), trace_headers=headers), m.fingerprint(),
+            m.inputs_string)
             for m, headers in zip(messages, trace_headers, strict=True)]
-        biggest = max(len(job.envelope) for job in queued_jobs)
+        # The input string counts: it is what the message would hold inline.
+        biggest = max(len(job.envelope) + len(job.inputs_string or b"") for job in queued_jobs)
         if biggest > self.settings.max_message_bytes:
             raise BadArgumentError(
                 f"a job's message would be {biggest} bytes, over max_message_bytes="

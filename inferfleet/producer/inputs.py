@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import numpy as np
 from inferfleet.codec import encode_array
 from inferfleet.errors import BadArgumentError, InvalidInputError
 from inferfleet.models.config import ModelSignature, TensorSpec
+from inferfleet.stored_inputs import INLINE_MAX_BYTES, InputString
 from inferfleet.validation import Limits, SampleColumn, validate
 
 
@@ -89,15 +90,30 @@ def _cast_where_safe(column: SampleColumn, spec: TensorSpec | None) -> SampleCol
 
 
 def encode_inputs(columns: Mapping[str | None, SampleColumn], start: int,
-                  stop: int) -> dict[str, Any] | Any:
-    """The wire form of samples [start, stop) of each input."""
-    encoded = {name: _encode_column(column, start, stop) for name, column in columns.items()}
+                  stop: int) -> tuple[dict[str, Any] | Any, bytes | None]:
+    """The wire form of samples [start, stop) of each input, and the job's input string:
+    None for a job under `INLINE_MAX_BYTES`, whose arrays carry their bytes inline."""
+    parts = {name: column[start:stop] for name, column in columns.items()}
+    held = sum(_nbytes(part) for part in parts.values())
+    if held < INLINE_MAX_BYTES:
+        encoded = {name: _encoded(part, encode_array) for name, part in parts.items()}
+        string = None
+    else:
+        apart = InputString()
+        encoded = {name: _encoded(part, apart.add) for name, part in parts.items()}
+        string = apart.value()
     if list(encoded) == [None]:
-        return encoded[None]
-    return encoded
+        return encoded[None], string
+    return encoded, string
 
 
-def _encode_column(column: SampleColumn, start: int, stop: int) -> Any:
-    if isinstance(column, np.ndarray):
-        return encode_array(column[start:stop])
-    return [encode_array(np.asarray(sample)) for sample in column[start:stop]]
+def _nbytes(part: SampleColumn) -> int:
+    if isinstance(part, np.ndarray):
+        return int(part.nbytes)
+    return sum(int(np.asarray(sample).nbytes) for sample in part)
+
+
+def _encoded(part: SampleColumn, encode: Callable[[np.ndarray[Any, Any]], Any]) -> Any:
+    if isinstance(part, np.ndarray):
+        return encode(part)
+    return [encode(np.asarray(sample)) for sample in part]

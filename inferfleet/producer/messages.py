@@ -35,21 +35,27 @@ PUBLISH_CHUNK_JOBS = (4, 8, 16, 32, 64)
 
 @dataclass(frozen=True)
 class Message:
-    """One job's message before it is published: its id, kwargs and sample count."""
+    """One job's message before it is published: its id, kwargs and sample count, and
+    its input string (`inferfleet.stored_inputs`; None: its arrays are inline)."""
 
     job_id: str
     kwargs: dict[str, Any]
     samples: int
     given_id: bool = False  # the caller's job id: the submit is idempotent
+    inputs_string: bytes | None = None
 
     def fingerprint(self) -> str:
         """What makes two submits under one job id the same job: a SHA-256 of its model,
-        version, session, inputs and sample ids (not of its times or notify list)."""
+        version, session, inputs (their input string too) and sample ids (not of its
+        times or notify list)."""
         if not self.given_id:
             return ""
         same = {name: self.kwargs.get(name) for name in
                 ("model", "model_version", "session_id", "inputs", "sample_ids")}
-        return hashlib.sha256(orjson.dumps(same, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = hashlib.sha256(orjson.dumps(same, option=orjson.OPT_SORT_KEYS))
+        if self.inputs_string is not None:
+            digest.update(self.inputs_string)
+        return digest.hexdigest()
 
 
 def samples_as_columns(samples: Any, signature: ModelSignature | None

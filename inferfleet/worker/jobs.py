@@ -179,9 +179,14 @@ def _stacked_samples_held(encoded: dict[str, Any]) -> int:
         return min(first, len(values))
     dtype = encoded.get("dtype")
     itemsize = _ITEMSIZES.get(dtype, 0) if isinstance(dtype, str) else 0
-    if not isinstance(data, str) or not itemsize:
+    if isinstance(data, bytes | memoryview):  # a view of the job's input string
+        held_bytes = len(data)
+    elif isinstance(data, str):
+        held_bytes = len(data) * 3 // 4
+    else:
         return 0
-    held_bytes = len(data) * 3 // 4
+    if not itemsize:
+        return 0
     return first if math.prod(shape) * itemsize <= held_bytes else 0
 
 

@@ -22,7 +22,13 @@ import redis
 from inferfleet import keys
 from inferfleet.batching import Arrival, BatchOutcome, BatchRecord, MicroBatcher
 from inferfleet.cache import ResultCache
-from inferfleet.errors import ErrorCode, InferfleetError, JobRefusedError, UnknownModelError
+from inferfleet.errors import (
+    ErrorCode,
+    InferfleetError,
+    JobRefusedError,
+    UnknownModelError,
+    WireFormatError,
+)
 from inferfleet.ledger import Ledger, dead_letter
 from inferfleet.liveness import Heartbeats
 from inferfleet.logs import job_context
@@ -32,6 +38,7 @@ from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import JobRequest, JobStatus, WireResult
 from inferfleet.settings import Settings
+from inferfleet.stored_inputs import fetch, inlined, resolve, stored_apart
 from inferfleet.tracing import NO_TRACE, JobTracer
 from inferfleet.validation import Limits
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
@@ -296,9 +303,10 @@ class InferenceService:
         result = self.endings.failed(job_id, kwargs, ErrorCode.TOO_MANY_DELIVERIES, reason,
                                      status=JobStatus.DEAD_LETTERED)
         queue = keys.model_queue(str(kwargs.get("model", "")))
-        # A replay is a new job: the original's deadline, notify list and submit time
-        # belong to the original.
-        fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None}
+        # A replay is a new job: the original's deadline, notify list, submit time and
+        # input string (deleted with the result stored below) belong to the original.
+        fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None,
+                 "inputs": self._inlined_inputs(job_id, kwargs.get("inputs"))}
         copy = task_envelope(str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
         self.endings.store(result, kwargs)
@@ -312,6 +320,7 @@ class InferenceService:
                 message was first taken after its deadline).
         """
         delivery = job.delivery
+        self._read_stored_inputs(delivery.job_id, delivery.kwargs.get("inputs"))
         request = checked_request(delivery.kwargs, taken_at=delivery.taken_at or job.started,
                                   max_deadline_s=self.settings.result_ttl_s)
         model = self._model_for(request)
@@ -329,6 +338,31 @@ class InferenceService:
                                       self._cache_outputs(model))
             return Prepared(request, model, samples, cached.future, cached)
         return Prepared(request, model, samples, submit(samples.inputs))
+
+    def _read_stored_inputs(self, job_id: str, inputs: object) -> None:
+        """Give the job's arrays kept apart their bytes (`inferfleet.stored_inputs`), in
+        place: one GET, and no copy.
+
+        Raises:
+            JobRefusedError: if the input string is gone, or an array points outside it.
+            redis.RedisError: if Redis cannot be read (the message goes back).
+        """
+        if not stored_apart(inputs):
+            return
+        try:
+            resolve(inputs, fetch(self.client, job_id,
+                                  max_bytes=self.settings.max_message_bytes), job_id)
+        except WireFormatError as exc:
+            raise JobRefusedError(exc.code, str(exc)) from exc
+
+    def _inlined_inputs(self, job_id: str, inputs: object) -> object:
+        """The job's inputs with every array's bytes inline, for a copy under a new id;
+        as they are if the input string cannot be read (the copy then fails, saying so)."""
+        try:
+            self._read_stored_inputs(job_id, inputs)
+        except JobRefusedError:
+            return inputs
+        return inlined(inputs)
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
         """Raises: JobRefusedError: if this worker cannot serve the model asked for."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from celery import Celery
 from conftest import StartWorker, worker_starter
 
 from inferfleet import Client, Job, keys
@@ -31,6 +32,14 @@ def holdout_rows(models_dir: Path, n: int) -> np.ndarray:
     """`n` held-out digits rows (repeated as needed)."""
     rows = np.load(models_dir / "digits" / "holdout.npz")["x"]
     return np.tile(rows, (n // len(rows) + 1, 1))[:n]
+
+
+def plain_celery(settings: Settings) -> Celery:
+    """A Celery client that knows nothing of inferfleet but its documented wire schema."""
+    app = Celery(broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"],
+                    result_accept_content=["json"])
+    return app
 
 
 def slow_rows(models_dir: Path) -> np.ndarray:

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import worker_starter
-from faultkit import SHORT_CLOCKS, slow_job, slow_rows
+from faultkit import SHORT_CLOCKS, plain_celery, slow_job, slow_rows
 
 from inferfleet import Client, ErrorCode, keys
+from inferfleet.codec import decode_array, encode_array
 from inferfleet.deadletters import DeadLetters
 from inferfleet.fleet import stop_processes
 from inferfleet.settings import Settings, load_settings
@@ -138,6 +139,7 @@ def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveri
         private_settings: Settings, tmp_path: Path, models_dir: Path) -> None:
     with slow_job(private_settings, tmp_path / "logs", models_dir, max_deliveries="2") as (
         client, job, start, started):
+        assert client.redis.strlen(keys.job_inputs(job.id)) == slow_rows(models_dir).nbytes
         last_start = None
         for _ in range(2):  # deliveries 1 and 2: killed while running
             deadline = time.monotonic() + 60
@@ -163,6 +165,12 @@ def test_a_job_whose_worker_dies_each_time_ends_dead_lettered_after_max_deliveri
         assert copy["headers"]["id"] != job.id  # a replay is a new job
         replay_kwargs = json.loads(copy["body"])[1]
         assert replay_kwargs["deadline_at"] is None and replay_kwargs["notify"] is None
+        # The job kept its arrays beside its message; the copy, under a new id, carries
+        # them inline, and the original's input string went with its result.
+        [replayed] = replay_kwargs["inputs"].values()
+        assert "bytes_at" not in replayed and isinstance(replayed["data"], str)
+        np.testing.assert_array_equal(decode_array(replayed), slow_rows(models_dir))
+        assert not client.redis.exists(keys.job_inputs(job.id))
         after = client.submit("digits_mlp", slow_rows(models_dir)[:10])
         assert after.result(timeout=30).status == "succeeded"  # the worker serves on
 
@@ -313,18 +321,29 @@ def test_messages_over_the_byte_limit_are_refused_by_clients_and_dead_lettered_b
     start, started = worker_starter(private_settings, tmp_path / "logs")
     try:
         start(models="digits", max_message_bytes="200000")
-        big = np.zeros((1000, 64), np.float32)  # ~340 kB of base64
+        big = np.zeros((1000, 64), np.float32)  # 256 kB: kept beside a small message
         small = private_settings.model_copy(update={"max_message_bytes": 200_000})
         with Client(settings=small) as client:
             with pytest.raises(BadArgumentError, match="over max_message_bytes=200000"):
                 client.submit("digits", big)
             assert client.redis.llen(keys.model_queue("digits")) == 0
         with Client(settings=private_settings) as client:  # a client with a bigger limit
-            oversized = client.submit("digits", big, validate=False)
-            assert oversized.result(timeout=30).status == "dead_lettered"
+            # Its input string is refused unread: the job fails, saying why.
+            oversized = client.submit("digits", big, validate=False).result(timeout=30)
+            assert oversized.status == "failed" and oversized.error is not None
+            assert oversized.error.code == ErrorCode.TOO_LARGE
+            assert "holds 256000 bytes, over max_message_bytes=200000" in \
+                oversized.error.message
+            assert not client.redis.exists(keys.job_inputs(oversized.job_id))
+            # A message of the same bytes inline (any Celery client's) is dead-lettered.
+            job_id = str(uuid.uuid4())
+            plain_celery(private_settings).send_task(
+                keys.TASK_NAME, task_id=job_id, queue=keys.model_queue("digits"),
+                kwargs={"v": 1, "model": "digits", "inputs": encode_array(big)})
+            assert client.result(job_id, timeout=30).status == "dead_lettered"
             assert client.submit("digits", big[:10]).result(timeout=30).status == "succeeded"
             with DeadLetters(client.redis) as letters:
                 [entry] = letters.entries()
-            assert entry.job_id == oversized.id and "over max_message_bytes" in entry.reason
+            assert entry.job_id == job_id and "over max_message_bytes" in entry.reason
     finally:
         stop_processes(started)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from celery import Celery
+from faultkit import plain_celery
 
 from inferfleet import (
     AsyncClient,
@@ -40,14 +40,6 @@ def in_process(models_dir: Path, model: str, x: np.ndarray) -> np.ndarray:
 
 def wire_kwargs(model: str, inputs: object, **extra: object) -> dict[str, object]:
     return {"v": 1, "model": model, "inputs": inputs, **extra}
-
-
-def plain_celery(settings: Settings) -> Celery:
-    """A Celery client that knows nothing of inferfleet but its documented wire schema."""
-    app = Celery(broker=settings.redis_url, backend=settings.redis_url)
-    app.conf.update(task_serializer="json", accept_content=["json"],
-                    result_accept_content=["json"])
-    return app
 
 
 def test_a_job_of_one_sample_comes_back_with_its_prediction(client: Client,
