@@ -30,7 +30,7 @@ from inferfleet.errors import (
 from inferfleet.ledger import Enqueued, Ledger, QueuedJob, payload_of
 from inferfleet.models.config import ModelSignature
 from inferfleet.producer import core
-from inferfleet.producer.inputs import checked_inputs, encode_inputs, n_samples
+from inferfleet.producer.inputs import checked_inputs, encode_inputs, n_samples, sample_bytes
 from inferfleet.producer.messages import (
     Message,
     check_job_id,
@@ -314,7 +314,8 @@ class Client:
                   "notify": self.notify_list,
                   "deadline_at": deadline_at, **({} if cache is None else {"cache": cache})}
         jobs: list[Job] = []
-        for chunk_start, chunk_stop in chunks(total, size):
+        for chunk_start, chunk_stop in chunks(total, size,
+                                              sample_bytes=sample_bytes(columns, total)):
             messages = [self._message(job_id, common, columns, ids, start,
                                       min(start + size, total))
                         for start in range(chunk_start, chunk_stop, size)]

@@ -58,6 +58,11 @@ def n_samples(columns: Mapping[str | None, SampleColumn]) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
+def sample_bytes(columns: Mapping[str | None, SampleColumn], total: int) -> int:
+    """The bytes of array data a sample holds, on average over the `total` samples."""
+    return sum(_nbytes(column) for column in columns.values()) // max(1, total)
+
+
 def checked_inputs(columns: dict[str | None, SampleColumn], signature: ModelSignature,
                    limits: Limits, *, strict: bool = False) -> dict[str | None, SampleColumn]:
     """The inputs to send: stacked and cast to the model's dtypes once every sample

@@ -75,13 +75,21 @@ def samples_as_columns(samples: Any, signature: ModelSignature | None
     return as_columns(samples, signature), None
 
 
-def chunks(total: int, job_size: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) sample ranges of the publish chunks (`PUBLISH_CHUNK_JOBS`)."""
+#: The most bytes of samples published per round trip (one job at least). Chunks of 32
+#: and 64 jobs of 3x48x192 images were 300-600 MB in one command: the client held them
+#: all at once, and Redis grew a query buffer that size to read them.
+PUBLISH_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def chunks(total: int, job_size: int, *, sample_bytes: int = 0) -> Iterator[tuple[int, int]]:
+    """[start, stop) sample ranges of the publish chunks (`PUBLISH_CHUNK_JOBS`, and no
+    more than `PUBLISH_CHUNK_BYTES` of samples of `sample_bytes` each)."""
+    most = max(1, PUBLISH_CHUNK_BYTES // max(1, job_size * sample_bytes))
     start = 0
     for jobs in itertools.chain(PUBLISH_CHUNK_JOBS, itertools.repeat(PUBLISH_CHUNK_JOBS[-1])):
         if start >= total:
             return
-        stop = min(total, start + jobs * job_size)
+        stop = min(total, start + min(jobs, most) * job_size)
         yield start, stop
         start = stop
 

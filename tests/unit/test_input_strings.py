@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from inferfleet.codec import WIRE_DTYPES, decode_array
 from inferfleet.errors import ErrorCode, WireFormatError
 from inferfleet.producer.inputs import encode_inputs
+from inferfleet.producer.messages import PUBLISH_CHUNK_BYTES, PUBLISH_CHUNK_JOBS, chunks
 from inferfleet.stored_inputs import ALIGN, INLINE_MAX_BYTES, InputString, inlined, resolve
 from inferfleet.worker.jobs import count_samples
 
@@ -118,3 +119,14 @@ def test_the_code_of_a_refusal_is_bad_request() -> None:
         resolve({"dtype": "int8", "shape": [1], "bytes_at": [5, 1]}, b"", "job-1")
     assert refused.value.code is ErrorCode.BAD_REQUEST
 
+
+def test_big_jobs_are_published_a_few_megabytes_a_round_trip() -> None:
+    image = 3 * 48 * 192 * 4  # 110,592 bytes a sample
+    sizes = [stop - start for start, stop in chunks(6400, 64, sample_bytes=image)]
+    assert sizes == [64] * 100  # one 7 MB job a round trip, not 32 or 64 of them
+    small = [stop - start for start, stop in chunks(256 * 200, 256, sample_bytes=256)]
+    assert small[:5] == [256 * n for n in PUBLISH_CHUNK_JOBS]  # unchanged for small jobs
+    assert sum(small) == 256 * 200
+    assert all(
+        (stop - start) * image <= PUBLISH_CHUNK_BYTES or stop - start == 100
+        for start, stop in chunks(1000, 100, sample_bytes=image))
