@@ -192,7 +192,8 @@ def strategy(task: Task[Any, Any], app: Celery, consumer: Any, **_: Any
         if taken_message.delivery.job_id in revoked:
             _end_revoked(service, taken_message, ack, errors, send)
             return
-        service.job_taken(taken_message.queue, count_samples(taken_message.delivery.kwargs))
+        service.job_taken(taken_message.queue, count_samples(taken_message.delivery.kwargs,
+                                                             stored_apart=True))
         pool.apply_async(run, args=(taken_message, ack, reject), callback=_ignore)
 
     return on_message

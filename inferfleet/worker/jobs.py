@@ -148,11 +148,17 @@ def _decode_samples(values: list[Any], name: str,
 MAX_REPORTED_SAMPLES = 100_000
 
 
-def count_samples(request: dict[str, Any], *, most: int = MAX_REPORTED_SAMPLES) -> int:
+def count_samples(request: dict[str, Any], *, most: int = MAX_REPORTED_SAMPLES,
+                  stored_apart: bool = False) -> int:
     """How many samples a (possibly invalid) request carries, counting only what it
     holds: ids listed, arrays listed, or a stacked array whose bytes match its shape and
     whose samples have elements. 0 for a claim beyond that, or beyond `most`: a result
-    is never bigger than the evidence in its message."""
+    is never bigger than the evidence in its message.
+
+    With `stored_apart`, an array whose bytes are in the job's input string, not yet
+    read, counts the length its `bytes_at` claims: for planning (how many rows a worker
+    has taken), never for a result.
+    """
     ids = request.get("sample_ids")
     inputs = request.get("inputs")
     first = next(iter(inputs.values()), None) if isinstance(inputs, dict) and \
@@ -162,15 +168,15 @@ def count_samples(request: dict[str, Any], *, most: int = MAX_REPORTED_SAMPLES) 
     elif isinstance(first, list):
         held = len(first)
     elif isinstance(first, dict):
-        held = _stacked_samples_held(first)
+        held = _stacked_samples_held(first, stored_apart=stored_apart)
     else:
         held = 0
     return held if held <= most else 0
 
 
-def _stacked_samples_held(encoded: dict[str, Any]) -> int:
+def _stacked_samples_held(encoded: dict[str, Any], *, stored_apart: bool = False) -> int:
     """The first axis of an encoded array, if its data (or values) can back it."""
-    shape, data, values = encoded.get("shape"), encoded.get("data"), encoded.get("values")
+    shape, values = encoded.get("shape"), encoded.get("values")
     if not isinstance(shape, list) or not shape or not all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         return 0
@@ -179,15 +185,24 @@ def _stacked_samples_held(encoded: dict[str, Any]) -> int:
         return min(first, len(values))
     dtype = encoded.get("dtype")
     itemsize = _ITEMSIZES.get(dtype, 0) if isinstance(dtype, str) else 0
-    if isinstance(data, bytes | memoryview):  # a view of the job's input string
-        held_bytes = len(data)
-    elif isinstance(data, str):
-        held_bytes = len(data) * 3 // 4
-    else:
-        return 0
-    if not itemsize:
+    held_bytes = _bytes_held(encoded, stored_apart=stored_apart)
+    if not itemsize or held_bytes is None:
         return 0
     return first if math.prod(shape) * itemsize <= held_bytes else 0
+
+
+def _bytes_held(encoded: dict[str, Any], *, stored_apart: bool) -> int | None:
+    """The bytes behind an encoded array: its base64's, its view's (a resolved
+    `bytes_at`), or, with `stored_apart`, the length an unread `bytes_at` claims."""
+    data, where = encoded.get("data"), encoded.get("bytes_at")
+    if isinstance(data, bytes | memoryview):
+        return len(data)
+    if isinstance(data, str):
+        return len(data) * 3 // 4
+    if stored_apart and isinstance(where, list) and len(where) == 2 and \
+            isinstance(where[1], int) and not isinstance(where[1], bool):
+        return max(0, where[1])
+    return None
 
 
 _ITEMSIZES = {name: np.dtype(name).itemsize for name in WIRE_DTYPES}

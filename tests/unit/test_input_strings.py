@@ -130,3 +130,15 @@ def test_big_jobs_are_published_a_few_megabytes_a_round_trip() -> None:
     assert all(
         (stop - start) * image <= PUBLISH_CHUNK_BYTES or stop - start == 100
         for start, stop in chunks(1000, 100, sample_bytes=image))
+
+
+def test_a_taken_job_kept_apart_counts_its_claimed_rows_for_the_take_budget() -> None:
+    # The take budget converts rows to messages: a big job counted as one row made a
+    # worker take 16 of them ahead of a `high` job that came a moment later.
+    request = {"inputs": InputString().add(np.zeros((64, 3), np.float32))}
+    assert count_samples(request, stored_apart=True) == 64
+    assert count_samples(request) == 0  # for a result: no bytes seen, no samples claimed
+    request["inputs"]["bytes_at"] = [0, 64 * 3 * 4 - 1]  # claims less than the shape
+    assert count_samples(request, stored_apart=True) == 0
+    request["inputs"]["bytes_at"] = [0, True]
+    assert count_samples(request, stored_apart=True) == 0
