@@ -305,8 +305,9 @@ class InferenceService:
         queue = keys.model_queue(str(kwargs.get("model", "")))
         # A replay is a new job: the original's deadline, notify list, submit time and
         # input string (deleted with the result stored below) belong to the original.
-        fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None,
-                 "inputs": self._inlined_inputs(job_id, kwargs.get("inputs"))}
+        fresh = {**kwargs, "deadline_at": None, "notify": None, "submitted_at": None}
+        if "inputs" in fresh:
+            fresh["inputs"] = self._inlined_inputs(job_id, fresh["inputs"])
         copy = task_envelope(str(uuid.uuid4()), queue, fresh, f"{{replay of {job_id}}}")
         dead_letter(self.client, queue=queue, reason=reason, raw=copy, job_id=None)
         self.endings.store(result, kwargs)
