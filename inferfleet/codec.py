@@ -50,6 +50,12 @@ def _wire_name(dtype: np.dtype[Any]) -> str | None:
     return name
 
 
+def is_encoded_array(value: Mapping[str, Any]) -> bool:
+    """Whether a JSON object is an encoded array (it names a dtype and a shape), not a
+    mapping of input names."""
+    return "dtype" in value and "shape" in value
+
+
 def little_endian(array: npt.NDArray[Any]) -> tuple[str, npt.NDArray[Any]]:
     """The wire name of the array's dtype, and the array as the wire holds its bytes
     (little-endian, C order; no copy when it is so already).

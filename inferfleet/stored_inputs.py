@@ -36,7 +36,7 @@ import pybase64
 import redis
 
 from inferfleet import keys
-from inferfleet.codec import EncodedArray, little_endian
+from inferfleet.codec import EncodedArray, is_encoded_array, little_endian
 from inferfleet.errors import ErrorCode, WireFormatError
 from inferfleet.wire import round_trip
 
@@ -141,31 +141,23 @@ def resolve(inputs: object, value: bytes | None, job_id: str) -> None:
         array["data"] = view[where[0]:where[0] + where[1]]
 
 
-def inlined(inputs: Any) -> Any:
-    """A copy of resolved `inputs` with every array's bytes as base64 `"data"`: a message
+def inline(inputs: object) -> None:
+    """Turn each resolved array of `inputs` back into base64 `"data"`, in place: a message
     that needs no input string (a dead letter's replay copy, which runs under a new id)."""
-    if isinstance(inputs, dict) and not _is_array(inputs):
-        return {name: inlined(value) for name, value in inputs.items()}
-    if isinstance(inputs, list):
-        return [inlined(value) for value in inputs]
-    if isinstance(inputs, dict) and not isinstance(inputs.get("data", ""), str):
-        return {**inputs, "data": pybase64.b64encode_as_string(inputs["data"])}
-    return inputs
-
-
-def _is_array(value: dict[str, Any]) -> bool:
-    return "dtype" in value and "shape" in value
+    for array in _arrays(inputs):
+        if isinstance(array.get("data"), bytes | memoryview):
+            array["data"] = pybase64.b64encode_as_string(array["data"])
 
 
 def _arrays(inputs: object) -> Iterator[dict[str, Any]]:
     """Every encoded array of a request's inputs, at the places the wire schema allows
     (one array, a list of them, or either per input name); anything else is left to
     `worker.jobs.decode_inputs` to refuse."""
-    if isinstance(inputs, dict) and not _is_array(inputs):
+    if isinstance(inputs, dict) and not is_encoded_array(inputs):
         columns: list[object] = list(inputs.values())
     else:
         columns = [inputs]
     for column in columns:
         for array in column if isinstance(column, list) else [column]:
-            if isinstance(array, dict) and _is_array(array):
+            if isinstance(array, dict) and is_encoded_array(array):
                 yield array

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from inferfleet.batching import BatchOutcome
-from inferfleet.codec import WIRE_DTYPES, decode_array, encode_column
+from inferfleet.codec import WIRE_DTYPES, decode_array, encode_column, is_encoded_array
 from inferfleet.errors import ErrorCode, JobRefusedError, WireFormatError
 from inferfleet.models.config import ModelSignature
 from inferfleet.schemas import (
@@ -101,7 +100,7 @@ def decode_inputs(request: JobRequest, signature: ModelSignature, *, max_samples
             samples).
     """
     raw = request.inputs
-    if not isinstance(raw, dict) or _is_encoded_array(raw):
+    if not isinstance(raw, dict) or is_encoded_array(raw):
         if len(signature.inputs) != 1:
             raise WireFormatError(f"model {signature.name!r} has several inputs; 'inputs' must "
                                   f"map each of {[s.name for s in signature.inputs]} to samples")
@@ -126,10 +125,6 @@ def _check_count(n_samples: int, name: str, max_samples: int) -> None:
         raise WireFormatError(f"inputs[{name!r}] holds {n_samples} samples; the limit is "
                               f"{max_samples} (max_job_samples)",
                               code=ErrorCode.TOO_MANY_SAMPLES)
-
-
-def _is_encoded_array(value: Mapping[str, Any]) -> bool:
-    return "dtype" in value and "shape" in value
 
 
 def _decode_samples(values: list[Any], name: str,
@@ -162,7 +157,7 @@ def count_samples(request: dict[str, Any], *, most: int = MAX_REPORTED_SAMPLES,
     ids = request.get("sample_ids")
     inputs = request.get("inputs")
     first = next(iter(inputs.values()), None) if isinstance(inputs, dict) and \
-        not _is_encoded_array(inputs) else inputs
+        not is_encoded_array(inputs) else inputs
     if isinstance(ids, list):
         held = len(ids)
     elif isinstance(first, list):

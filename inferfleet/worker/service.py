@@ -38,7 +38,7 @@ from inferfleet.models.runtime import OnnxModel
 from inferfleet.producer.publish import task_envelope
 from inferfleet.schemas import JobRequest, JobStatus, WireResult
 from inferfleet.settings import Settings
-from inferfleet.stored_inputs import fetch, inlined, resolve, stored_apart
+from inferfleet.stored_inputs import fetch, inline, resolve, stored_apart
 from inferfleet.tracing import NO_TRACE, JobTracer
 from inferfleet.validation import Limits
 from inferfleet.worker.backlog import QueueBacklog, TakeAhead, TakenJobs, messages_to_take
@@ -363,7 +363,8 @@ class InferenceService:
             self._read_stored_inputs(job_id, inputs)
         except JobRefusedError:
             return inputs
-        return inlined(inputs)
+        inline(inputs)
+        return inputs
 
     def _model_for(self, request: JobRequest) -> OnnxModel:
         """Raises: JobRefusedError: if this worker cannot serve the model asked for."""
